@@ -1,0 +1,268 @@
+//! Server → client frames: their payloads, how the server encodes them, and how
+//! a client decodes them.
+//!
+//! The server encodes each event once into an [`Outbound`] whose payload is a
+//! shared `Bytes`; fan-out clones the handle, never the bytes. Fields the
+//! protocol lists as possibly nil are always present (as nil when empty).
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use super::body::Body;
+use super::error::{ErrorCode, ProtoError};
+use super::msgpack::check_map;
+
+/// The protocol version this server speaks.
+pub const PROTOCOL_VERSION: u32 = 0;
+
+/// One encoded server frame, ready to be signed and written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Command name.
+    pub command: &'static str,
+    /// Encoded msgpack payload, shared across recipients.
+    pub payload: Bytes,
+    /// Whether the writer signs it with the recipient's key. False only for
+    /// frames to a connection that has not authenticated.
+    pub signed: bool,
+}
+
+impl Outbound {
+    /// Encodes an event, to be signed.
+    pub fn event<E: Event>(e: &E) -> Self {
+        // Serializing these plain structs cannot fail.
+        let payload = rmp_serde::to_vec_named(e).unwrap_or_default();
+        Self { command: E::COMMAND, payload: Bytes::from(payload), signed: true }
+    }
+
+    /// The same frame, marked to go unsigned.
+    pub fn unsigned(mut self) -> Self {
+        self.signed = false;
+        self
+    }
+
+    /// An `ERR` frame.
+    pub fn error(e: &ProtoError) -> Self {
+        Self::event(&ErrPayload::from(e))
+    }
+}
+
+/// A server → client payload type.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The command name it travels under.
+    const COMMAND: &'static str;
+}
+
+macro_rules! event {
+    ($ty:ident, $name:literal) => {
+        impl Event for $ty {
+            const COMMAND: &'static str = $name;
+        }
+    };
+}
+
+/// `SINFO`: the server's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sinfo {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The operator-chosen server name.
+    pub server_name: String,
+    /// The server software version.
+    pub version: String,
+    /// Idle timeout in seconds.
+    pub timeout_s: u64,
+    /// Time allowed for CNN after connecting, in seconds.
+    pub cnn_timeout_s: u64,
+    /// Accepted clock skew in seconds.
+    pub skew_s: u64,
+    /// Largest accepted payload in bytes.
+    pub max_payload: u64,
+    /// Online members a channel needs to be healthy.
+    pub min_online: u64,
+}
+event!(Sinfo, "SINFO");
+
+/// `UCNN` / `UDCNN` payload: a user came online / went offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    /// The account id.
+    pub id: Ulid,
+    /// The account name.
+    pub name: String,
+}
+
+/// `UCNN`: a user connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ucnn(pub UserPresence);
+event!(Ucnn, "UCNN");
+
+/// `UDCNN`: a user disconnected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Udcnn(pub UserPresence);
+event!(Udcnn, "UDCNN");
+
+/// One user in `USR_LST` / `USR_ADD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The account id.
+    pub id: Ulid,
+    /// `"online"` or `"offline"`.
+    pub status: String,
+    /// The account name.
+    pub name: String,
+}
+
+/// `USR_LST`: the connected users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrLst {
+    /// Every connected user.
+    pub users: Vec<UserEntry>,
+}
+event!(UsrLst, "USR_LST");
+
+/// `USR_ADD`: an account was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UsrAdd(pub UserEntry);
+event!(UsrAdd, "USR_ADD");
+
+/// `USR_RMD`: an account was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrRmd {
+    /// The removed account.
+    pub id: Ulid,
+}
+event!(UsrRmd, "USR_RMD");
+
+/// `USR_HSK`: a handshake with another user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrHsk {
+    /// The other user.
+    pub id: Ulid,
+}
+event!(UsrHsk, "USR_HSK");
+
+/// `MSG`: a private message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Msg {
+    /// The sender.
+    pub from: Ulid,
+    /// The sender's message id.
+    pub msg_id: Ulid,
+    /// Content, unchanged.
+    pub msg: Body,
+    /// Server time of relay, unix seconds.
+    pub timestamp: u64,
+}
+event!(Msg, "MSG");
+
+/// `MSG_ACK`: the recipient acknowledged a private message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsgAck {
+    /// The acknowledged message.
+    pub msg_id: Ulid,
+    /// Who acknowledged it.
+    pub by: Ulid,
+}
+event!(MsgAck, "MSG_ACK");
+
+/// `ERR`: an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrPayload {
+    /// The snake_case code.
+    pub code: String,
+    /// Human-readable text.
+    pub reason: String,
+    /// Nonce of the command that caused it.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub nonce_ref: Option<u64>,
+    /// The message an asynchronous error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<Ulid>,
+}
+event!(ErrPayload, "ERR");
+
+impl From<&ProtoError> for ErrPayload {
+    fn from(e: &ProtoError) -> Self {
+        Self { code: e.code.as_str().to_owned(), reason: e.reason.to_string(), nonce_ref: e.nonce_ref, msg_id: e.msg_id }
+    }
+}
+
+impl ErrPayload {
+    /// The code as an enum, if it is one this crate knows.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+/// A decoded server frame, for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// `SINFO`.
+    Sinfo(Sinfo),
+    /// `UCNN`.
+    Ucnn(UserPresence),
+    /// `UDCNN`.
+    Udcnn(UserPresence),
+    /// `USR_LST`.
+    UsrLst(UsrLst),
+    /// `USR_ADD`.
+    UsrAdd(UserEntry),
+    /// `USR_RMD`.
+    UsrRmd(UsrRmd),
+    /// `USR_HSK`.
+    UsrHsk(UsrHsk),
+    /// `MSG`.
+    Msg(Msg),
+    /// `MSG_ACK`.
+    MsgAck(MsgAck),
+    /// `ERR`.
+    Err(ErrPayload),
+    /// A command this client version does not know (forward compatibility).
+    Other {
+        /// Its name.
+        command: String,
+        /// Its payload.
+        payload: Bytes,
+    },
+}
+
+/// A server frame whose payload does not match its command.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {command} payload: {reason}")]
+pub struct EventError {
+    /// The command.
+    pub command: String,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl ServerEvent {
+    /// Decodes a server frame's payload.
+    pub fn decode(command: &str, payload: &Bytes) -> Result<Self, EventError> {
+        fn de<T: DeserializeOwned>(command: &str, payload: &[u8]) -> Result<T, EventError> {
+            check_map(payload)
+                .map_err(|e| e.to_string())
+                .and_then(|()| rmp_serde::from_slice(payload).map_err(|e| e.to_string()))
+                .map_err(|reason| EventError { command: command.to_owned(), reason })
+        }
+        Ok(match command {
+            "SINFO" => ServerEvent::Sinfo(de(command, payload)?),
+            "UCNN" => ServerEvent::Ucnn(de(command, payload)?),
+            "UDCNN" => ServerEvent::Udcnn(de(command, payload)?),
+            "USR_LST" => ServerEvent::UsrLst(de(command, payload)?),
+            "USR_ADD" => ServerEvent::UsrAdd(de(command, payload)?),
+            "USR_RMD" => ServerEvent::UsrRmd(de(command, payload)?),
+            "USR_HSK" => ServerEvent::UsrHsk(de(command, payload)?),
+            "MSG" => ServerEvent::Msg(de(command, payload)?),
+            "MSG_ACK" => ServerEvent::MsgAck(de(command, payload)?),
+            "ERR" => ServerEvent::Err(de(command, payload)?),
+            _ => ServerEvent::Other { command: command.to_owned(), payload: payload.clone() },
+        })
+    }
+}

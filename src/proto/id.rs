@@ -1,0 +1,38 @@
+//! Strict parsing of ids: 26 Crockford base32 characters whose value fits 128 bits.
+//!
+//! `ulid` silently drops the overflow of a first character above `7`, which
+//! would let two spellings name one id; this module refuses them.
+
+use serde::{Deserialize, Deserializer};
+use ulid::Ulid;
+
+/// Parses an id (either case).
+pub fn parse(text: &str) -> Option<Ulid> {
+    let first = *text.as_bytes().first()?;
+    if !(b'0'..=b'7').contains(&first) {
+        return None;
+    }
+    Ulid::from_string(text).ok()
+}
+
+/// serde `deserialize_with` for one id.
+pub fn strict<'de, D: Deserializer<'de>>(d: D) -> Result<Ulid, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not a ULID: {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_overflowing_and_malformed_ids() {
+        let id = Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        assert_eq!(parse("01ARZ3NDEKTSV4RRFFQ69G5FAV"), Some(id));
+        assert_eq!(parse("01arz3ndektsv4rrffq69g5fav"), Some(id));
+        assert_eq!(parse("81ARZ3NDEKTSV4RRFFQ69G5FAV"), None);
+        assert_eq!(parse("01ARZ3NDEKTSV4RRFFQ69G5FA"), None);
+        assert_eq!(parse("01ARZ3NDEKTSV4RRFFQ69G5FAU"), None);
+        assert_eq!(parse(""), None);
+    }
+}

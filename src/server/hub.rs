@@ -1,0 +1,92 @@
+//! The hub: one task that owns the [`Relay`] and every connection's handle.
+//!
+//! It feeds the relay its inputs in arrival order and carries out the effects.
+//! Sending never waits: `try_send` on a full queue closes that connection as a
+//! slow consumer, and the relay is told it is gone.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection::{CloseMode, ConnHandle};
+use crate::core::{ConnId, Effect, Input, Relay};
+use crate::proto::{ErrorCode, Outbound, ProtoError};
+
+/// A message to the hub.
+#[derive(Debug)]
+pub enum HubMsg {
+    /// A new connection's handle, before any of its input.
+    Register {
+        /// The connection.
+        conn: ConnId,
+        /// Its handle.
+        handle: Arc<ConnHandle>,
+    },
+    /// An input for the relay.
+    Input(Input),
+    /// Close every connection with `ERR shutdown`, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(super) async fn run(mut relay: Relay, mut rx: mpsc::Receiver<HubMsg>) {
+    let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
+    let mut effects = Vec::new();
+    let mut pending: VecDeque<Input> = VecDeque::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = tick.tick() => Some(HubMsg::Input(Input::Tick)),
+        };
+        match msg {
+            None => break,
+            Some(HubMsg::Register { conn, handle }) => {
+                conns.insert(conn, handle);
+            }
+            Some(HubMsg::Shutdown(done)) => {
+                let e = Outbound::error(&ProtoError::new(ErrorCode::Shutdown, "the server is shutting down"));
+                for (_, handle) in conns.drain() {
+                    handle.close(Some(e.clone()), CloseMode::Flush);
+                }
+                let _ = done.send(());
+                break;
+            }
+            Some(HubMsg::Input(input)) => pending.push_back(input),
+        }
+        let now = super::now_unix();
+        while let Some(input) = pending.pop_front() {
+            let closed = match &input {
+                Input::Closed { conn } => Some(*conn),
+                _ => None,
+            };
+            relay.step(input, now, &mut effects);
+            if let Some(conn) = closed {
+                conns.remove(&conn);
+            }
+            for effect in effects.drain(..) {
+                match effect {
+                    Effect::Send { conn, frame } => {
+                        let Some(handle) = conns.get(&conn) else { continue };
+                        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(frame) {
+                            tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
+                            let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
+                            handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
+                            conns.remove(&conn);
+                            pending.push_back(Input::Closed { conn });
+                        }
+                    }
+                    Effect::Close { conn, last } => {
+                        if let Some(handle) = conns.remove(&conn) {
+                            if let Some(last) = &last {
+                                tracing::debug!(conn = conn.0, frame = last.command, "closing");
+                            }
+                            handle.close(last, CloseMode::Flush);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The I/O shell: listener, connection tasks, the hub, account polling, shutdown.
+//!
+//! Data flows one way: socket → [`connection`] (frames, session) → [`hub`]
+//! (relay core) → connection queues → socket. The store is read by the
+//! account watcher thread on the core's behalf.
+
+pub mod connection;
+pub mod hub;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ulid::Ulid;
+
+use crate::core::{AccountKey, ConnId, Input, Limits, Relay};
+use crate::proto::Outbound;
+use crate::store::{Store, StoreError, StoredAccount};
+use hub::HubMsg;
+
+/// Default outbound queue length per connection, in frames.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// How often the account table is polled for changes.
+pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything `sigil serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// SQLite database path.
+    pub db: PathBuf,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Outbound queue length per connection (frames).
+    pub outbound_queue: usize,
+    /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
+    pub cnn_timeout_ms: Option<u64>,
+    /// Overrides `limits.timeout_s` with milliseconds (tests).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl Config {
+    /// A configuration with every default, listening on `addr`, storing in `db`.
+    pub fn new(addr: impl Into<String>, db: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: addr.into(),
+            db: db.into(),
+            limits: Limits::default(),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            cnn_timeout_ms: None,
+            idle_timeout_ms: None,
+        }
+    }
+
+    fn cnn_timeout_ms(&self) -> u64 {
+        self.cnn_timeout_ms.unwrap_or(self.limits.cnn_timeout_s.saturating_mul(1000))
+    }
+
+    fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
+    }
+}
+
+/// A server start failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The account keys readers check CNN against.
+pub type Directory = RwLock<HashMap<Ulid, AccountKey>>;
+
+/// State shared by the server's tasks.
+pub(crate) struct Shared {
+    config: Config,
+    directory: Directory,
+    hub: mpsc::Sender<HubMsg>,
+    sinfo_unsigned: Outbound,
+    tracker: TaskTracker,
+}
+
+/// Unix time in seconds.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A running server.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends `ERR shutdown` to every client, waits for them to flush, closes the store.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+}
+
+/// Opens the store, binds the address and starts serving.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let store = Store::open(&config.db)?;
+    let accounts = store.accounts()?;
+    let accounts_rev = store.accounts_rev()?;
+    let listener =
+        TcpListener::bind(&config.addr).await.map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+
+    let mut relay = Relay::new(config.limits.clone());
+    let mut directory = HashMap::new();
+    for a in &accounts {
+        relay.step(Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev }, now_unix(), &mut Vec::new());
+        directory.insert(a.id, AccountKey { key: a.key.clone(), rev: a.key_rev });
+    }
+    let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        sinfo_unsigned: relay.sinfo().clone().unsigned(),
+        config,
+        directory: RwLock::new(directory),
+        hub: hub_tx,
+        tracker: TaskTracker::new(),
+    });
+    let hub_task = tokio::spawn(hub::run(relay, hub_rx));
+    let stop = CancellationToken::new();
+    let watcher = spawn_account_watcher(shared.clone(), store, accounts, accounts_rev, stop.clone());
+
+    tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
+    let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, watcher));
+    Ok(RunningServer { local_addr, stop, done })
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    hub_task: tokio::task::JoinHandle<()>,
+    watcher: std::thread::JoinHandle<()>,
+) {
+    let mut next_conn = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_conn += 1;
+                    connection::spawn(shared.clone(), ConnId(next_conn), stream, peer).await;
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down");
+    let (tx, rx) = oneshot::channel();
+    if shared.hub.send(HubMsg::Shutdown(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+    shared.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+    let _ = hub_task.await;
+    let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+    tracing::info!("stopped");
+}
+
+/// Polls the account table and tells the hub what changed. A thread, because
+/// SQLite calls block.
+fn spawn_account_watcher(
+    shared: Arc<Shared>,
+    store: Store,
+    mut known: Vec<StoredAccount>,
+    mut rev: i64,
+    stop: CancellationToken,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut version = store.data_version().unwrap_or(0);
+        while !stop.is_cancelled() {
+            std::thread::sleep(ACCOUNT_POLL_INTERVAL);
+            let Ok(v) = store.data_version() else { continue };
+            if v == version {
+                continue;
+            }
+            version = v;
+            let (new_rev, accounts) = match store.accounts_rev().and_then(|r| Ok((r, store.accounts()?))) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload accounts");
+                    continue;
+                }
+            };
+            if new_rev == rev {
+                continue;
+            }
+            rev = new_rev;
+            let inputs = diff_accounts(&known, &accounts);
+            if let Ok(mut dir) = shared.directory.write() {
+                dir.clear();
+                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
+            }
+            for input in inputs {
+                if shared.hub.blocking_send(HubMsg::Input(input)).is_err() {
+                    return;
+                }
+            }
+            known = accounts;
+        }
+    })
+}
+
+fn diff_accounts(old: &[StoredAccount], new: &[StoredAccount]) -> Vec<Input> {
+    let old_by_id: HashMap<Ulid, &StoredAccount> = old.iter().map(|a| (a.id, a)).collect();
+    let new_ids: std::collections::HashSet<Ulid> = new.iter().map(|a| a.id).collect();
+    let mut inputs: Vec<Input> = old.iter().filter(|a| !new_ids.contains(&a.id)).map(|a| Input::AccountRemoved { id: a.id }).collect();
+    for a in new {
+        let changed = old_by_id.get(&a.id).is_none_or(|o| o.key_rev != a.key_rev || o.name != a.name);
+        if changed {
+            tracing::info!(account = %a.name, "account added or changed");
+            inputs.push(Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev });
+        }
+    }
+    inputs
+}

@@ -1,0 +1,234 @@
+//! The embedded SQLite store: accounts (and, later, channels and history).
+//!
+//! WAL mode with a busy timeout, so `sigil account ...` can write while a
+//! server runs on the same file; the server notices through
+//! [`Store::accounts_rev`], a counter every account change bumps in the same
+//! transaction. The database holds account secrets: it is created mode 0600.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use ulid::Ulid;
+
+use crate::wire::{SecretKey, KEY_LEN};
+
+/// Longest account name.
+pub const MAX_NAME_LEN: usize = 32;
+const SCHEMA_VERSION: i64 = 1;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Creating or opening the file failed.
+    #[error("cannot open database: {0}")]
+    Io(#[from] std::io::Error),
+    /// The account name is not 1 to 32 of `[A-Za-z0-9_.-]`.
+    #[error("invalid name {0:?}: use 1 to 32 characters of A-Z a-z 0-9 _ . -")]
+    BadName(String),
+    /// Another account has this name (ignoring case).
+    #[error("the name {0:?} is taken")]
+    NameTaken(String),
+    /// No account has this name or id.
+    #[error("no account named or with id {0:?}")]
+    NoSuchAccount(String),
+    /// A row that cannot be what this version wrote.
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+    /// The file was written by a newer sigil.
+    #[error("database schema version {0} is newer than this sigil understands ({SCHEMA_VERSION})")]
+    TooNew(i64),
+}
+
+/// An account as stored, secret included.
+#[derive(Debug, Clone)]
+pub struct StoredAccount {
+    /// The id.
+    pub id: Ulid,
+    /// The unique name.
+    pub name: String,
+    /// The secret.
+    pub key: SecretKey,
+    /// Bumped on each rotation.
+    pub key_rev: u64,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+}
+
+/// Checks an account name.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+/// A connection to the store.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            create_private_file(path)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew(version));
+        }
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (k, v) VALUES ('accounts_rev', 0);
+             CREATE TABLE IF NOT EXISTS accounts (
+                 id TEXT PRIMARY KEY,
+                 name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                 key BLOB NOT NULL,
+                 key_rev INTEGER NOT NULL,
+                 created_at INTEGER NOT NULL
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+        Ok(Self { conn })
+    }
+
+    /// Creates an account with a fresh key.
+    pub fn add_account(&mut self, name: &str, now: u64) -> Result<StoredAccount, StoreError> {
+        validate_name(name)?;
+        let account =
+            StoredAccount { id: Ulid::new(), name: name.to_owned(), key: SecretKey::generate(), key_rev: 1, created_at: now };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM accounts WHERE name = ?1)", [name], |r| r.get(0))?;
+        if taken {
+            return Err(StoreError::NameTaken(name.to_owned()));
+        }
+        tx.execute(
+            "INSERT INTO accounts (id, name, key, key_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![account.id.to_string(), name, &account.key.as_bytes()[..], account.key_rev, account.created_at],
+        )?;
+        bump_rev(&tx)?;
+        tx.commit()?;
+        Ok(account)
+    }
+
+    /// Every account, ordered by name.
+    pub fn accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, name, key, key_rev, created_at FROM accounts ORDER BY name COLLATE NOCASE")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, key, key_rev, created_at) = row?;
+            let id = Ulid::from_string(&id).map_err(|_| StoreError::Corrupt(format!("account id {id:?}")))?;
+            let key: [u8; KEY_LEN] =
+                key.try_into().map_err(|_| StoreError::Corrupt(format!("key of account {name:?}")))?;
+            out.push(StoredAccount { id, name, key: SecretKey::from_bytes(key), key_rev, created_at });
+        }
+        Ok(out)
+    }
+
+    /// Finds an account by id or by name (ignoring case).
+    pub fn find_account(&self, name_or_id: &str) -> Result<StoredAccount, StoreError> {
+        let id = crate::proto::id::parse(name_or_id).map(|u| u.to_string());
+        self.accounts()?
+            .into_iter()
+            .find(|a| Some(a.id.to_string()) == id || a.name.eq_ignore_ascii_case(name_or_id))
+            .ok_or_else(|| StoreError::NoSuchAccount(name_or_id.to_owned()))
+    }
+
+    /// Removes an account.
+    pub fn remove_account(&mut self, name_or_id: &str) -> Result<StoredAccount, StoreError> {
+        let account = self.find_account(name_or_id)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM accounts WHERE id = ?1", [account.id.to_string()])?;
+        bump_rev(&tx)?;
+        tx.commit()?;
+        Ok(account)
+    }
+
+    /// Gives an account a fresh key; the old one stops working.
+    pub fn rotate_key(&mut self, name_or_id: &str) -> Result<StoredAccount, StoreError> {
+        let mut account = self.find_account(name_or_id)?;
+        account.key = SecretKey::generate();
+        account.key_rev += 1;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE accounts SET key = ?1, key_rev = ?2 WHERE id = ?3",
+            params![&account.key.as_bytes()[..], account.key_rev, account.id.to_string()],
+        )?;
+        bump_rev(&tx)?;
+        tx.commit()?;
+        Ok(account)
+    }
+
+    /// A counter bumped by every account change.
+    pub fn accounts_rev(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT v FROM meta WHERE k = 'accounts_rev'", [], |r| r.get(0)).optional()?.unwrap_or(0))
+    }
+
+    /// SQLite's `data_version`: changes when another connection commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+}
+
+fn bump_rev(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("UPDATE meta SET v = v + 1 WHERE k = 'accounts_rev'", [])?;
+    Ok(())
+}
+
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_add_find_rotate_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+        let rev0 = store.accounts_rev().unwrap();
+        let alice = store.add_account("alice", 1).unwrap();
+        assert!(matches!(store.add_account("ALICE", 1), Err(StoreError::NameTaken(_))));
+        assert!(matches!(store.add_account("no spaces", 1), Err(StoreError::BadName(_))));
+        assert!(matches!(store.add_account(&"a".repeat(33), 1), Err(StoreError::BadName(_))));
+        assert_eq!(store.find_account("Alice").unwrap().id, alice.id);
+        assert_eq!(store.find_account(&alice.id.to_string()).unwrap().name, "alice");
+        let rotated = store.rotate_key("alice").unwrap();
+        assert_ne!(rotated.key, alice.key);
+        assert_eq!(rotated.key_rev, 2);
+        assert_eq!(store.accounts().unwrap()[0].key, rotated.key);
+        store.remove_account("alice").unwrap();
+        assert!(matches!(store.find_account("alice"), Err(StoreError::NoSuchAccount(_))));
+        assert_eq!(store.accounts_rev().unwrap(), rev0 + 3);
+    }
+}

@@ -1,0 +1,117 @@
+//! HMAC-SHA3-512 signing and verification of frames (PROTOCOL.md §2).
+//!
+//! `tag = HMAC-SHA3-512(key, COMMAND || LF || PAYLOAD)`. The command name is inside
+//! the MAC so that a signed payload cannot be replayed under another command.
+//! Owns keys and tags; knows nothing of sessions or sockets.
+
+use hmac::{Mac, Hmac};
+use sha3::Sha3_512;
+
+use super::codec::TAG_LEN;
+
+/// Length of an account secret in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// An account's 32-byte secret. Users see it as 64 hex digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey([u8; KEY_LEN]);
+
+impl SecretKey {
+    /// Wraps raw key bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random key from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// Parses 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        if text.len() != KEY_LEN * 2 {
+            return Err(KeyError::Length(text.len()));
+        }
+        let mut bytes = [0u8; KEY_LEN];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| KeyError::NotHex)?;
+        Ok(Self(bytes))
+    }
+
+    /// The key as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The raw bytes (the MAC key).
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A pre-keyed MAC state for this key.
+    pub fn mac(&self) -> FrameMac {
+        FrameMac::new(self)
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+/// A key that is not 64 hex digits.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Wrong number of characters.
+    #[error("a key is 64 hex digits, got {0} characters")]
+    Length(usize),
+    /// A character that is not a hex digit.
+    #[error("a key is 64 hex digits")]
+    NotHex,
+}
+
+/// A pre-keyed HMAC-SHA3-512 state. Cloning it per frame skips the key schedule.
+#[derive(Clone)]
+pub struct FrameMac {
+    keyed: Hmac<Sha3_512>,
+}
+
+impl FrameMac {
+    /// Keys a new MAC state.
+    pub fn new(key: &SecretKey) -> Self {
+        // A 32-byte key is always valid for HMAC.
+        let keyed = <Hmac<Sha3_512> as Mac>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable!());
+        Self { keyed }
+    }
+
+    fn state_for(&self, command: &[u8], payload: &[u8]) -> Hmac<Sha3_512> {
+        let mut mac = self.keyed.clone();
+        mac.update(command);
+        mac.update(b"\n");
+        mac.update(payload);
+        mac
+    }
+
+    /// The tag of a frame.
+    pub fn sign(&self, command: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
+        let out = self.state_for(command, payload).finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&out);
+        tag
+    }
+
+    /// Checks a frame's tag in constant time.
+    pub fn verify(&self, command: &[u8], payload: &[u8], tag: &[u8]) -> bool {
+        self.state_for(command, payload).verify_slice(tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for FrameMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameMac(..)")
+    }
+}
