@@ -1,1 +1,300 @@
-fn main(){}
+//! The `sigil` command: serve | account | client | frame | decode.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use sigil::client::{tools, Credentials};
+use sigil::core::config as defaults;
+use sigil::core::Limits;
+use sigil::server::{self, Config};
+use sigil::store::{Store, StoredAccount};
+use sigil::wire::FrameCodec;
+
+/// A relay server for a small, strict, signed chat protocol over raw TCP.
+#[derive(Parser)]
+#[command(name = "sigil", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the relay server.
+    Serve(ServeArgs),
+    /// Manage accounts (works while a server runs on the same database).
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Interactive terminal client.
+    Client {
+        /// Server address.
+        addr: String,
+        /// Credentials file written by `sigil account add`.
+        #[arg(long)]
+        cred: PathBuf,
+    },
+    /// Write one frame to stdout (signed and with nonce/timestamp when --cred is given).
+    Frame {
+        /// Credentials file; without it the frame is unsigned.
+        #[arg(long)]
+        cred: Option<PathBuf>,
+        /// Command name, e.g. CNN, LST_USR, PV_MSG.
+        command: String,
+        /// Payload as a JSON object, e.g. '{"to": "01H..."}'.
+        json: Option<String>,
+    },
+    /// Read frames from stdin and print one JSON object per frame.
+    Decode {
+        /// Credentials file to check the server's tags with.
+        #[arg(long)]
+        cred: Option<PathBuf>,
+        /// Largest payload accepted.
+        #[arg(long, default_value_t = 4 * sigil::wire::codec::DEFAULT_MAX_PAYLOAD)]
+        max_payload: usize,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(default_value = "127.0.0.1:7070")]
+    addr: String,
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "sigil.db")]
+    db: PathBuf,
+    /// Online members a channel needs to be healthy (the seed's rule is 3).
+    #[arg(long, default_value_t = defaults::DEFAULT_MIN_ONLINE)]
+    min_online: u64,
+    /// Idle timeout: a session silent this long is closed (seconds).
+    #[arg(long, default_value_t = defaults::DEFAULT_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_s: u64,
+    /// Time allowed between TCP accept and CNN (seconds).
+    #[arg(long, default_value_t = defaults::DEFAULT_CNN_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    cnn_timeout_s: u64,
+    /// Accepted difference between a frame's timestamp and the server clock (seconds).
+    #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S)]
+    skew_s: u64,
+    /// Largest accepted payload (bytes).
+    #[arg(long, default_value_t = sigil::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
+    max_payload: usize,
+    /// Lifetime of an unacknowledged message (seconds).
+    #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S)]
+    pending_ttl_s: u64,
+    /// Nonces remembered per account within the skew window (memory bound).
+    #[arg(long, default_value_t = defaults::DEFAULT_REPLAY_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    replay_window: usize,
+    /// Delivered but unacknowledged private messages remembered, server-wide.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_UNACKED_PRIVATE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_unacked_private: usize,
+    /// Frames queued per connection before it is dropped as a slow consumer.
+    #[arg(long, default_value_t = server::DEFAULT_OUTBOUND_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    outbound_queue: usize,
+    /// Name announced in SINFO.
+    #[arg(long, default_value = "sigil")]
+    server_name: String,
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account and show its secret key once.
+    Add {
+        /// 1 to 32 of A-Z a-z 0-9 _ . - (unique, ignoring case).
+        name: String,
+        #[arg(long, default_value = "sigil.db")]
+        db: PathBuf,
+        /// Print {"id", "name", "key"} as JSON (writes no file unless --out is given).
+        #[arg(long)]
+        json: bool,
+        /// Credentials file to write (default NAME.cred without --json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List accounts (never their keys).
+    List {
+        #[arg(long, default_value = "sigil.db")]
+        db: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account; its live session is closed.
+    Remove {
+        /// Name or id.
+        account: String,
+        #[arg(long, default_value = "sigil.db")]
+        db: PathBuf,
+    },
+    /// Give an account a new key; its live session is closed.
+    Rotate {
+        /// Name or id.
+        account: String,
+        #[arg(long, default_value = "sigil.db")]
+        db: PathBuf,
+        /// Print {"id", "name", "key"} as JSON (writes no file unless --out is given).
+        #[arg(long)]
+        json: bool,
+        /// Credentials file to write (default NAME.cred without --json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sigil: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Account(cmd) => account(cmd),
+        Cmd::Client { addr, cred } => {
+            let cred = Credentials::load(&cred)?;
+            runtime()?.block_on(sigil::client::terminal::run(&addr, &cred))?;
+            Ok(())
+        }
+        Cmd::Frame { cred, command, json } => {
+            let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
+            let bytes = tools::build_frame(cred.as_ref(), &command, json.as_deref(), server::now_unix())?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+            Ok(())
+        }
+        Cmd::Decode { cred, max_payload } => {
+            let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
+            runtime()?.block_on(decode(cred, max_payload))
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut config = Config::new(args.addr, args.db);
+    config.limits = Limits {
+        server_name: args.server_name,
+        timeout_s: args.timeout_s,
+        cnn_timeout_s: args.cnn_timeout_s,
+        skew_s: args.skew_s,
+        max_payload: args.max_payload,
+        min_online: args.min_online,
+        pending_ttl_s: args.pending_ttl_s,
+        replay_window: args.replay_window,
+        max_unacked_private: args.max_unacked_private,
+    };
+    config.outbound_queue = args.outbound_queue;
+    runtime()?.block_on(async {
+        let running = server::start(config).await?;
+        running.run_until(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn credentials_of(a: &StoredAccount) -> Credentials {
+    Credentials { id: a.id, name: a.name.clone(), key: a.key.clone() }
+}
+
+/// Shows a new secret: as JSON, or by writing a credentials file.
+fn show_secret(account: &StoredAccount, json: bool, out: Option<PathBuf>, verb: &str) -> Result<()> {
+    let cred = credentials_of(account);
+    let path = match (json, out) {
+        (_, Some(p)) => Some(p),
+        (false, None) => Some(PathBuf::from(format!("{}.cred", account.name))),
+        (true, None) => None,
+    };
+    if let Some(path) = &path {
+        cred.save(path)?;
+    }
+    if json {
+        println!("{}", cred.to_json());
+    } else {
+        println!("{verb} account {} with id {}", account.name, account.id);
+        if let Some(path) = &path {
+            println!("key written to {} (mode 0600); it is shown only this once", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn account(cmd: AccountCmd) -> Result<()> {
+    let open = |db: &Path| Store::open(db);
+    match cmd {
+        AccountCmd::Add { name, db, json, out } => {
+            let account = open(&db)?.add_account(&name, server::now_unix())?;
+            show_secret(&account, json, out, "created")
+        }
+        AccountCmd::List { db, json } => {
+            for a in open(&db)?.accounts()? {
+                if json {
+                    println!("{}", serde_json::json!({"id": a.id.to_string(), "name": a.name, "created_at": a.created_at}));
+                } else {
+                    println!("{}  {}", a.id, a.name);
+                }
+            }
+            Ok(())
+        }
+        AccountCmd::Remove { account, db } => {
+            let a = open(&db)?.remove_account(&account)?;
+            println!("removed account {} ({})", a.name, a.id);
+            Ok(())
+        }
+        AccountCmd::Rotate { account, db, json, out } => {
+            let a = open(&db)?.rotate_key(&account)?;
+            show_secret(&a, json, out, "rotated the key of")
+        }
+    }
+}
+
+async fn decode(cred: Option<Credentials>, max_payload: usize) -> Result<()> {
+    let mut frames = tokio_util::codec::FramedRead::new(tokio::io::stdin(), FrameCodec::new(max_payload));
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", tools::frame_to_json(&frame, cred.as_ref()))?;
+        out.flush()?;
+    }
+    Ok(())
+}

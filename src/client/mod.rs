@@ -1,1 +1,167 @@
-pub struct Placeholder;
+//! The client library: connect, authenticate, send typed commands, receive
+//! typed events with their tags verified. The tests, `sigil client` and the
+//! load generator all use it; `tools` holds the `frame`/`decode` helpers.
+
+pub mod credentials;
+pub mod terminal;
+pub mod tools;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::FramedRead;
+
+pub use credentials::Credentials;
+
+use crate::proto::event::ErrPayload;
+use crate::proto::{Command, Envelope, Request, ServerEvent};
+use crate::wire::{encode_frame, Frame, FrameCodec, FrameError, FrameMac, OutFrame};
+
+/// A client-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server sent bytes that are not a frame.
+    #[error("bad frame from server: {0}")]
+    Frame(#[from] FrameError),
+    /// A frame's tag is missing or wrong: the peer does not know our key, or the frame was altered.
+    #[error("frame {0} from server has a bad or missing signature")]
+    BadTag(String),
+    /// A payload does not match its command.
+    #[error("{0}")]
+    Event(#[from] crate::proto::event::EventError),
+    /// The server answered CNN with an error.
+    #[error("server refused: {} ({})", .0.code, .0.reason)]
+    Refused(ErrPayload),
+    /// The server closed the connection.
+    #[error("connection closed by server")]
+    Closed,
+}
+
+/// A fresh nonce: random over the whole u64 range.
+pub fn new_nonce() -> u64 {
+    rand::random()
+}
+
+/// Builds one signed frame (or an unsigned one without a MAC).
+pub fn encode_request(mac: Option<&FrameMac>, command: Command, now: u64, buf: &mut BytesMut) -> u64 {
+    let nonce = new_nonce();
+    let (name, payload) = Request { envelope: Envelope { nonce, timestamp: now }, command }.encode();
+    let tag = mac.map(|m| m.sign(name.as_bytes(), &payload));
+    encode_frame(&OutFrame { command: name, signature: tag.as_ref(), payload: &payload }, buf);
+    nonce
+}
+
+/// The receiving half of a connection.
+pub struct ClientReader {
+    framed: FramedRead<OwnedReadHalf, FrameCodec>,
+    mac: FrameMac,
+}
+
+impl ClientReader {
+    /// The next event, its tag verified. `Ok(None)` on a clean close.
+    /// An unsigned `ERR` is accepted: the server sends those before authentication.
+    pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        let Some(frame) = self.framed.next().await.transpose()? else { return Ok(None) };
+        self.check(&frame).map(Some)
+    }
+
+    /// The next raw frame, unverified.
+    pub async fn recv_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        Ok(self.framed.next().await.transpose()?)
+    }
+
+    fn check(&self, frame: &Frame) -> Result<ServerEvent, ClientError> {
+        let command = frame.command.as_str();
+        let valid = match &frame.signature {
+            Some(tag) => self.mac.verify(frame.command.as_bytes(), &frame.payload, tag),
+            None => command == "ERR",
+        };
+        if !valid {
+            return Err(ClientError::BadTag(command.to_owned()));
+        }
+        Ok(ServerEvent::decode(command, &frame.payload)?)
+    }
+}
+
+/// The sending half of a connection.
+pub struct ClientWriter {
+    write: OwnedWriteHalf,
+    mac: FrameMac,
+    buf: BytesMut,
+}
+
+impl ClientWriter {
+    /// Signs and sends a command; returns its nonce.
+    pub async fn send(&mut self, command: Command) -> Result<u64, ClientError> {
+        self.buf.clear();
+        let nonce = encode_request(Some(&self.mac), command, crate::server::now_unix(), &mut self.buf);
+        self.write.write_all(&self.buf).await?;
+        Ok(nonce)
+    }
+
+    /// Sends raw bytes (tests of hostile input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.write.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+/// An authenticated connection.
+pub struct Client {
+    /// Receiving half.
+    pub reader: ClientReader,
+    /// Sending half.
+    pub writer: ClientWriter,
+    /// Who we are.
+    pub credentials: Credentials,
+}
+
+impl Client {
+    /// Connects and authenticates; returns once the server confirmed with our own `UCNN`.
+    pub async fn connect(addr: impl ToSocketAddrs, credentials: &Credentials) -> Result<Client, ClientError> {
+        Self::connect_with_max_payload(addr, credentials, crate::wire::codec::DEFAULT_MAX_PAYLOAD).await
+    }
+
+    /// Like [`Client::connect`] for a server with another `max_payload`.
+    pub async fn connect_with_max_payload(
+        addr: impl ToSocketAddrs,
+        credentials: &Credentials,
+        max_payload: usize,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mac = credentials.key.mac();
+        // Events may be up to max_payload; allow generous headroom for the server's encoding.
+        let mut reader = ClientReader { framed: FramedRead::new(read, FrameCodec::new(max_payload.saturating_mul(2))), mac: mac.clone() };
+        let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
+        writer.send(Command::Cnn { id: credentials.id }).await?;
+        match reader.recv().await? {
+            Some(ServerEvent::Ucnn(me)) if me.id == credentials.id => {}
+            Some(ServerEvent::Err(e)) => return Err(ClientError::Refused(e)),
+            Some(_) => return Err(ClientError::BadTag("unexpected first frame".into())),
+            None => return Err(ClientError::Closed),
+        }
+        Ok(Client { reader, writer, credentials: credentials.clone() })
+    }
+
+    /// Signs and sends a command; returns its nonce.
+    pub async fn send(&mut self, command: Command) -> Result<u64, ClientError> {
+        self.writer.send(command).await
+    }
+
+    /// The next verified event; `Ok(None)` on close.
+    pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        self.reader.recv().await
+    }
+
+    /// Splits into halves that can be used from two tasks.
+    pub fn split(self) -> (ClientReader, ClientWriter) {
+        (self.reader, self.writer)
+    }
+}

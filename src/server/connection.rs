@@ -145,6 +145,7 @@ async fn reader(shared: Arc<Shared>, conn: ConnId, handle: Arc<ConnHandle>, read
                 if let Some(mac) = session.mac() {
                     let _ = handle.mac.set(mac.clone());
                 }
+                tracing::info!(conn = conn.0, %peer, %account, "authenticated");
                 deadline = Instant::now() + idle;
                 Input::Open { conn, account, key_rev, envelope }
             }
@@ -159,7 +160,8 @@ async fn reader(shared: Arc<Shared>, conn: ConnId, handle: Arc<ConnHandle>, read
             break "server stopping".into();
         }
     };
-    tracing::info!(conn = conn.0, %peer, account = ?session.account(), %reason, "disconnected");
+    let account = session.account().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(conn = conn.0, %peer, %account, %reason, "disconnected");
     let _ = shared.hub.send(HubMsg::Input(Input::Closed { conn })).await;
 }
 
