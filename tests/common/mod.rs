@@ -1,0 +1,228 @@
+//! Test harness: a real server on 127.0.0.1:0 with a temp SQLite database,
+//! library clients, and a raw socket for hostile input.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sigil::client::{Client, Credentials};
+use sigil::proto::event::ErrPayload;
+use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
+use sigil::server::{self, Config, RunningServer};
+use sigil::store::Store;
+use sigil::wire::{encode_frame, Frame, FrameCodec, OutFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+/// How long a test waits for something that must happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub server: Option<RunningServer>,
+    pub addr: std::net::SocketAddr,
+    pub users: Vec<Credentials>,
+}
+
+pub fn now() -> u64 {
+    server::now_unix()
+}
+
+impl TestServer {
+    /// A server with accounts `names`, configured by `tweak`.
+    pub async fn start(names: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("sigil.db");
+        let mut store = Store::open(&db).expect("open store");
+        let users = names
+            .iter()
+            .map(|n| {
+                let a = store.add_account(n, now()).expect("add account");
+                Credentials { id: a.id, name: a.name, key: a.key }
+            })
+            .collect();
+        drop(store);
+        let mut config = Config::new("127.0.0.1:0", db);
+        tweak(&mut config);
+        let server = server::start(config).await.expect("server starts");
+        let addr = server.local_addr();
+        TestServer { dir, server: Some(server), addr, users }
+    }
+
+    pub fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("sigil.db")
+    }
+
+    pub fn user(&self, name: &str) -> Credentials {
+        self.users.iter().find(|u| u.name == name).expect("known user").clone()
+    }
+
+    pub async fn connect(&self, name: &str) -> Client {
+        tokio::time::timeout(WAIT, Client::connect(self.addr, &self.user(name)))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(self.addr).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Stops and starts again on the same database (and a new port).
+    pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
+        self.stop().await;
+        let mut config = Config::new("127.0.0.1:0", self.db());
+        tweak(&mut config);
+        let server = server::start(config).await.expect("server restarts");
+        self.addr = server.local_addr();
+        self.server = Some(server);
+    }
+}
+
+/// The next event, or a test failure after [`WAIT`].
+pub async fn next(client: &mut Client) -> ServerEvent {
+    tokio::time::timeout(WAIT, client.recv())
+        .await
+        .expect("an event in time")
+        .expect("a valid event")
+        .expect("connection open")
+}
+
+/// Skips events until one matches; fails after [`WAIT`].
+pub async fn until<T>(client: &mut Client, mut pick: impl FnMut(ServerEvent) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, client.recv())
+            .await
+            .expect("the awaited event in time")
+            .expect("a valid event")
+            .expect("connection open");
+        if let Some(t) = pick(ev) {
+            return t;
+        }
+    }
+}
+
+/// The next event must be an ERR; returns it.
+pub async fn next_err(client: &mut Client) -> ErrPayload {
+    match next(client).await {
+        ServerEvent::Err(e) => e,
+        other => panic!("expected ERR, got {other:?}"),
+    }
+}
+
+/// Asserts that nothing arrives for `ms` milliseconds.
+pub async fn quiet(client: &mut Client, ms: u64) {
+    if let Ok(ev) = tokio::time::timeout(Duration::from_millis(ms), client.recv()).await {
+        panic!("expected silence, got {ev:?}");
+    }
+}
+
+/// Asserts the server closes the connection (after any frames) within [`WAIT`].
+pub async fn closed(client: &mut Client) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, client.recv()).await.expect("close in time") {
+            Ok(None) | Err(_) => return,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+pub fn code(e: &ErrPayload) -> ErrorCode {
+    e.code().unwrap_or_else(|| panic!("unknown code {}", e.code))
+}
+
+/// A raw TCP connection that sends bytes and reads frames.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Raw {
+    pub async fn connect(addr: std::net::SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw { stream, buf: BytesMut::new(), codec: FrameCodec::new(1 << 20) }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a signed request built from parts (lets tests pick nonce and timestamp).
+    pub async fn send_request(&mut self, cred: &Credentials, command: Command, nonce: u64, timestamp: u64) -> Vec<u8> {
+        let bytes = signed(cred, command, nonce, timestamp);
+        self.send(&bytes).await;
+        bytes
+    }
+
+    /// The next frame; `None` on close.
+    pub async fn frame(&mut self) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.expect("frame in time") {
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame must be an ERR with `code`, and then the connection must close.
+    pub async fn expect_fatal(&mut self, code: ErrorCode) -> (Frame, ErrPayload) {
+        let (frame, e) = self.expect_err().await;
+        assert_eq!(e.code, code.as_str(), "reason: {}", e.reason);
+        assert!(self.frame().await.is_none(), "connection must close after a fatal error");
+        (frame, e)
+    }
+
+    /// The next frame must be an ERR.
+    pub async fn expect_err(&mut self) -> (Frame, ErrPayload) {
+        let frame = self.frame().await.expect("an ERR frame before close");
+        assert_eq!(frame.command.as_str(), "ERR", "got {frame:?}");
+        let e: ErrPayload = rmp_serde::from_slice(&frame.payload).expect("ERR payload");
+        (frame, e)
+    }
+
+    /// Authenticates with a fresh nonce; returns the UCNN frame.
+    pub async fn authenticate(&mut self, cred: &Credentials) -> Frame {
+        self.send_request(cred, Command::Cnn { id: cred.id }, rand::random(), now()).await;
+        let f = self.frame().await.expect("UCNN");
+        assert_eq!(f.command.as_str(), "UCNN", "{f:?}");
+        f
+    }
+}
+
+/// One signed frame.
+pub fn signed(cred: &Credentials, command: Command, nonce: u64, timestamp: u64) -> Vec<u8> {
+    let (name, payload) = Request { envelope: Envelope { nonce, timestamp }, command }.encode();
+    let tag = cred.key.mac().sign(name.as_bytes(), &payload);
+    let mut buf = BytesMut::new();
+    encode_frame(&OutFrame { command: name, signature: Some(&tag), payload: &payload }, &mut buf);
+    buf.to_vec()
+}
+
+/// One frame with an arbitrary payload, signed with `cred`.
+pub fn signed_raw(cred: &Credentials, command: &str, payload: &[u8]) -> Vec<u8> {
+    let tag = cred.key.mac().sign(command.as_bytes(), payload);
+    let mut buf = BytesMut::new();
+    encode_frame(&OutFrame { command, signature: Some(&tag), payload }, &mut buf);
+    buf.to_vec()
+}
