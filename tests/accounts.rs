@@ -1,0 +1,80 @@
+//! Accounts changing while the server runs, and persistence across restarts
+//! (PROTOCOL.md §6, §8, §9).
+
+mod common;
+
+use common::*;
+use sigil::client::Credentials;
+use sigil::proto::{Command, ErrorCode, ServerEvent};
+use sigil::store::Store;
+
+#[tokio::test]
+async fn account_added_and_removed_while_running() {
+    let ts = TestServer::start(&["alice", "bob"], |_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    let mut bob = ts.connect("bob").await;
+    let _ = next(&mut alice).await; // UCNN bob
+
+    // Another process (here: another connection to the same file) adds carol.
+    let carol = Store::open(&ts.db()).unwrap().add_account("carol", now()).unwrap();
+    let added = until(&mut alice, |ev| if let ServerEvent::UsrAdd(u) = ev { Some(u) } else { None }).await;
+    assert_eq!((added.id, added.name.as_str(), added.status.as_str()), (carol.id, "carol", "offline"));
+    // carol can connect at once.
+    let carol_cred = Credentials { id: carol.id, name: carol.name.clone(), key: carol.key.clone() };
+    let _carol = sigil::client::Client::connect(ts.addr, &carol_cred).await.expect("new account connects");
+
+    // bob is removed: his session is closed, everyone else learns it.
+    Store::open(&ts.db()).unwrap().remove_account("bob").unwrap();
+    let e = until(&mut bob, |ev| if let ServerEvent::Err(e) = ev { Some(e) } else { None }).await;
+    assert_eq!(code(&e), ErrorCode::AccountRemoved);
+    closed(&mut bob).await;
+    let bob_id = ts.user("bob").id;
+    until(&mut alice, |ev| matches!(ev, ServerEvent::Udcnn(u) if u.id == bob_id).then_some(())).await;
+    until(&mut alice, |ev| matches!(ev, ServerEvent::UsrRmd(u) if u.id == bob_id).then_some(())).await;
+    // And his key no longer works.
+    let mut raw = ts.raw().await;
+    let bob_cred = ts.user("bob");
+    raw.send_request(&bob_cred, Command::Cnn { id: bob_cred.id }, rand::random(), now()).await;
+    raw.expect_fatal(ErrorCode::AuthFailed).await;
+}
+
+#[tokio::test]
+async fn rotated_key_closes_the_session_and_only_the_new_key_works() {
+    let ts = TestServer::start(&["alice"], |_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    let rotated = Store::open(&ts.db()).unwrap().rotate_key("alice").unwrap();
+    let e = until(&mut alice, |ev| if let ServerEvent::Err(e) = ev { Some(e) } else { None }).await;
+    assert_eq!(code(&e), ErrorCode::AuthFailed);
+    closed(&mut alice).await;
+    let old = ts.user("alice");
+    assert!(sigil::client::Client::connect(ts.addr, &old).await.is_err());
+    let new = Credentials { key: rotated.key, ..old };
+    sigil::client::Client::connect(ts.addr, &new).await.expect("the new key works");
+}
+
+#[tokio::test]
+async fn restart_keeps_accounts() {
+    let mut ts = TestServer::start(&["alice", "bob"], |_| {}).await;
+    let _ = ts.connect("alice").await;
+    ts.restart(|_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    let _bob = ts.connect("bob").await;
+    alice.send(Command::LstUsr).await.unwrap();
+    let l = until(&mut alice, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
+    assert_eq!(l.users.len(), 2);
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_client() {
+    let mut ts = TestServer::start(&["alice"], |_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    let mut raw = ts.raw().await;
+    raw.send(b"INFO\n0\n\n").await;
+    assert_eq!(raw.frame().await.unwrap().command.as_str(), "SINFO");
+    ts.stop().await;
+    let e = next_err(&mut alice).await;
+    assert_eq!(code(&e), ErrorCode::Shutdown);
+    closed(&mut alice).await;
+    let (f, _) = raw.expect_fatal(ErrorCode::Shutdown).await;
+    assert!(f.signature.is_none(), "unauthenticated connections get it unsigned");
+}
