@@ -186,7 +186,8 @@ fn run(cli: Cli) -> Result<()> {
 fn serve(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -269,7 +270,10 @@ fn account(cmd: AccountCmd) -> Result<()> {
         AccountCmd::List { db, json } => {
             for a in open(&db)?.accounts()? {
                 if json {
-                    println!("{}", serde_json::json!({"id": a.id.to_string(), "name": a.name, "created_at": a.created_at}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": a.id.to_string(), "name": a.name, "created_at": a.created_at})
+                    );
                 } else {
                     println!("{}  {}", a.id, a.name);
                 }

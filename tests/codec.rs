@@ -16,7 +16,11 @@ struct Spec {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    ("[A-Z_]{1,16}", proptest::option::of(proptest::array::uniform32(any::<u8>())), proptest::collection::vec(any::<u8>(), 0..300))
+    (
+        "[A-Z_]{1,16}",
+        proptest::option::of(proptest::array::uniform32(any::<u8>())),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    )
         .prop_map(|(command, sig, payload)| Spec {
             command,
             signature: sig.map(|h| {

@@ -138,7 +138,10 @@ impl Client {
         let (read, write) = stream.into_split();
         let mac = credentials.key.mac();
         // Events may be up to max_payload; allow generous headroom for the server's encoding.
-        let mut reader = ClientReader { framed: FramedRead::new(read, FrameCodec::new(max_payload.saturating_mul(2))), mac: mac.clone() };
+        let mut reader = ClientReader {
+            framed: FramedRead::new(read, FrameCodec::new(max_payload.saturating_mul(2))),
+            mac: mac.clone(),
+        };
         let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
         writer.send(Command::Cnn { id: credentials.id }).await?;
         match reader.recv().await? {

@@ -25,7 +25,12 @@ pub enum FrameToolError {
 /// Builds one frame. With credentials it is signed and `nonce`, `timestamp`
 /// (and for CNN `id`) are filled in unless given; without, it is unsigned and
 /// the payload is empty unless JSON is given.
-pub fn build_frame(cred: Option<&Credentials>, command: &str, json: Option<&str>, now: u64) -> Result<Vec<u8>, FrameToolError> {
+pub fn build_frame(
+    cred: Option<&Credentials>,
+    command: &str,
+    json: Option<&str>,
+    now: u64,
+) -> Result<Vec<u8>, FrameToolError> {
     let name = CommandName::new(command.as_bytes()).ok_or_else(|| FrameToolError::BadCommand(command.to_owned()))?;
     let mut map = match json {
         None => Map::new(),
@@ -90,11 +95,7 @@ fn to_json(v: &Value) -> Json {
     match v {
         Value::Nil => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
-        Value::Integer(i) => i
-            .as_u64()
-            .map(Json::from)
-            .or_else(|| i.as_i64().map(Json::from))
-            .unwrap_or(Json::Null),
+        Value::Integer(i) => i.as_u64().map(Json::from).or_else(|| i.as_i64().map(Json::from)).unwrap_or(Json::Null),
         Value::F32(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
         Value::F64(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
         Value::String(s) => match s.as_str() {

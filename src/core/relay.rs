@@ -206,7 +206,14 @@ impl Relay {
     }
 
     /// Checks and records a request's nonce; on failure closes the session.
-    fn spend_nonce(&mut self, conn: ConnId, account: Ulid, envelope: Envelope, now: u64, out: &mut Vec<Effect>) -> bool {
+    fn spend_nonce(
+        &mut self,
+        conn: ConnId,
+        account: Ulid,
+        envelope: Envelope,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> bool {
         match self.replay.check(account, envelope.timestamp, envelope.nonce, now) {
             Ok(()) => true,
             Err(e) => {
@@ -265,7 +272,10 @@ impl Relay {
                 if account.key_rev != key_rev {
                     account.key_rev = key_rev;
                     if let Some(&conn) = self.online.get(&id) {
-                        let e = ProtoError::new(ErrorCode::AuthFailed, "this account's key was rotated: reconnect with the new key");
+                        let e = ProtoError::new(
+                            ErrorCode::AuthFailed,
+                            "this account's key was rotated: reconnect with the new key",
+                        );
                         self.end_session(conn, Some(Outbound::error(&e)), out);
                     }
                 }
@@ -295,7 +305,9 @@ impl Relay {
                 Ok(())
             }
             // The session turns a second CNN into a Reject; nothing else sends it here.
-            Command::Cnn { .. } => Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated")),
+            Command::Cnn { .. } => {
+                Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated"))
+            }
             Command::LstUsr => {
                 let mut users: Vec<UserEntry> = self
                     .online
@@ -326,15 +338,24 @@ impl Relay {
             Command::AckMsg { from, msg_id } => {
                 let key = (me, from, msg_id);
                 match self.deliveries.remove(&key) {
-                    None => Err(ProtoError::new(ErrorCode::UnknownMsg, "no such message was delivered to you from that user")),
+                    None => Err(ProtoError::new(
+                        ErrorCode::UnknownMsg,
+                        "no such message was delivered to you from that user",
+                    )),
                     Some(expires) => {
                         self.deliveries_by_expiry.remove(&(expires, key));
                         match self.online.get(&from) {
                             Some(&peer) => {
-                                out.push(Effect::Send { conn: peer, frame: Outbound::event(&MsgAck { msg_id, by: me }) });
+                                out.push(Effect::Send {
+                                    conn: peer,
+                                    frame: Outbound::event(&MsgAck { msg_id, by: me }),
+                                });
                                 Ok(())
                             }
-                            None => Err(ProtoError::new(ErrorCode::UserOffline, "the sender is offline; the ack was not delivered")),
+                            None => Err(ProtoError::new(
+                                ErrorCode::UserOffline,
+                                "the sender is offline; the ack was not delivered",
+                            )),
                         }
                     }
                 }

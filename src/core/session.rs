@@ -54,7 +54,8 @@ pub struct AccountKey {
 #[derive(Debug)]
 enum State {
     Connected,
-    Authenticated { account: Ulid, mac: FrameMac },
+    // Boxed: the MAC state is large and most of a session's life is spent authenticated.
+    Authenticated { account: Ulid, mac: Box<FrameMac> },
 }
 
 /// One connection's protocol state.
@@ -102,15 +103,21 @@ impl Session {
                     .as_ref()
                     .is_some_and(|tag| mac.verify(frame.command.as_bytes(), &frame.payload, tag));
                 if !valid {
-                    return Err(ProtoError::new(ErrorCode::BadSignature, format!("bad or missing signature on {}", frame.command)));
+                    return Err(ProtoError::new(
+                        ErrorCode::BadSignature,
+                        format!("bad or missing signature on {}", frame.command),
+                    ));
                 }
                 match Request::parse(&frame.command, &frame.payload) {
                     Ok(request) => {
                         let envelope = request.envelope;
                         self.check_time(envelope, now)?;
                         if let Command::Cnn { .. } = request.command {
-                            let error = ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated")
-                                .with_ref(envelope.nonce);
+                            let error = ProtoError::new(
+                                ErrorCode::AlreadyAuthenticated,
+                                "this session is already authenticated",
+                            )
+                            .with_ref(envelope.nonce);
                             return Ok(SessionOutput::Reject { envelope: Some(envelope), error });
                         }
                         Ok(SessionOutput::Request(request))
@@ -160,10 +167,12 @@ impl Session {
                     return Err(failed());
                 }
                 self.check_time(request.envelope, now)?;
-                self.state = State::Authenticated { account: id, mac };
+                self.state = State::Authenticated { account: id, mac: Box::new(mac) };
                 Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope: request.envelope })
             }
-            other => Err(ProtoError::new(ErrorCode::NotAuthenticated, format!("{other} before CNN: authenticate first"))),
+            other => {
+                Err(ProtoError::new(ErrorCode::NotAuthenticated, format!("{other} before CNN: authenticate first")))
+            }
         }
     }
 }

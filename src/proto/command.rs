@@ -124,7 +124,8 @@ impl Request {
         check_map(payload).map_err(|e| fail(bad_payload(name.as_str(), e), None))?;
         let envelope: Envelope =
             rmp_serde::from_slice(payload).map_err(|e| fail(bad_payload(name.as_str(), e), None))?;
-        let body = |e: rmp_serde::decode::Error| fail(bad_payload(name.as_str(), e).with_ref(envelope.nonce), Some(envelope));
+        let body =
+            |e: rmp_serde::decode::Error| fail(bad_payload(name.as_str(), e).with_ref(envelope.nonce), Some(envelope));
         let command = match name.as_str() {
             "CNN" => {
                 let w: CnnWire = rmp_serde::from_slice(payload).map_err(body)?;

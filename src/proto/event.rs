@@ -189,7 +189,12 @@ event!(ErrPayload, "ERR");
 
 impl From<&ProtoError> for ErrPayload {
     fn from(e: &ProtoError) -> Self {
-        Self { code: e.code.as_str().to_owned(), reason: e.reason.to_string(), nonce_ref: e.nonce_ref, msg_id: e.msg_id }
+        Self {
+            code: e.code.as_str().to_owned(),
+            reason: e.reason.to_string(),
+            nonce_ref: e.nonce_ref,
+            msg_id: e.msg_id,
+        }
     }
 }
 

@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(check_map(&[0xdf, 0xff, 0xff, 0xff, 0xff]), Err(ShapeError::Truncated));
         assert_eq!(check_map(&[0x81, 0xa1, b'a', 0xc1]), Err(ShapeError::Reserved));
         let mut deep = vec![0x81, 0xa1, b'a'];
-        deep.extend(std::iter::repeat(0x91).take(40));
+        deep.extend(std::iter::repeat_n(0x91, 40));
         deep.push(0x01);
         assert_eq!(check_map(&deep), Err(ShapeError::TooDeep));
     }

@@ -70,7 +70,12 @@ impl ConnHandle {
 }
 
 /// Starts the tasks of an accepted connection.
-pub(super) async fn spawn(shared: Arc<Shared>, conn: ConnId, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+pub(super) async fn spawn(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -89,7 +94,14 @@ fn now_unix() -> u64 {
     super::now_unix()
 }
 
-async fn reader(shared: Arc<Shared>, conn: ConnId, handle: Arc<ConnHandle>, read: OwnedReadHalf, accepted: Instant, peer: std::net::SocketAddr) {
+async fn reader(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    handle: Arc<ConnHandle>,
+    read: OwnedReadHalf,
+    accepted: Instant,
+    peer: std::net::SocketAddr,
+) {
     let limits = &shared.config.limits;
     let mut framed = FramedRead::new(read, FrameCodec::new(limits.max_payload));
     let mut session = Session::new(limits.skew_s);
@@ -126,9 +138,8 @@ async fn reader(shared: Arc<Shared>, conn: ConnId, handle: Arc<ConnHandle>, read
         if was_authenticated {
             deadline = Instant::now() + idle;
         }
-        let output = session.on_frame(&frame, now_unix(), |id: &Ulid| {
-            shared.directory.read().ok().and_then(|d| d.get(id).cloned())
-        });
+        let output = session
+            .on_frame(&frame, now_unix(), |id: &Ulid| shared.directory.read().ok().and_then(|d| d.get(id).cloned()));
         let input = match output {
             Err(e) => {
                 if e.code == ErrorCode::AuthFailed {

@@ -71,7 +71,10 @@ pub(super) async fn run(mut relay: Relay, mut rx: mpsc::Receiver<HubMsg>) {
                         let Some(handle) = conns.get(&conn) else { continue };
                         if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(frame) {
                             tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
-                            let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
+                            let e = ProtoError::new(
+                                ErrorCode::SlowConsumer,
+                                "outbound queue full: you are not reading fast enough",
+                            );
                             handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
                             conns.remove(&conn);
                             pending.push_back(Input::Closed { conn });

@@ -132,14 +132,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::open(&config.db)?;
     let accounts = store.accounts()?;
     let accounts_rev = store.accounts_rev()?;
-    let listener =
-        TcpListener::bind(&config.addr).await.map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
 
     let mut relay = Relay::new(config.limits.clone());
     let mut directory = HashMap::new();
     for a in &accounts {
-        relay.step(Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev }, now_unix(), &mut Vec::new());
+        relay.step(
+            Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev },
+            now_unix(),
+            &mut Vec::new(),
+        );
         directory.insert(a.id, AccountKey { key: a.key.clone(), rev: a.key_rev });
     }
     let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -243,7 +248,8 @@ fn spawn_account_watcher(
 fn diff_accounts(old: &[StoredAccount], new: &[StoredAccount]) -> Vec<Input> {
     let old_by_id: HashMap<Ulid, &StoredAccount> = old.iter().map(|a| (a.id, a)).collect();
     let new_ids: std::collections::HashSet<Ulid> = new.iter().map(|a| a.id).collect();
-    let mut inputs: Vec<Input> = old.iter().filter(|a| !new_ids.contains(&a.id)).map(|a| Input::AccountRemoved { id: a.id }).collect();
+    let mut inputs: Vec<Input> =
+        old.iter().filter(|a| !new_ids.contains(&a.id)).map(|a| Input::AccountRemoved { id: a.id }).collect();
     for a in new {
         let changed = old_by_id.get(&a.id).is_none_or(|o| o.key_rev != a.key_rev || o.name != a.name);
         if changed {

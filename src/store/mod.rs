@@ -109,10 +109,16 @@ impl Store {
     /// Creates an account with a fresh key.
     pub fn add_account(&mut self, name: &str, now: u64) -> Result<StoredAccount, StoreError> {
         validate_name(name)?;
-        let account =
-            StoredAccount { id: Ulid::new(), name: name.to_owned(), key: SecretKey::generate(), key_rev: 1, created_at: now };
+        let account = StoredAccount {
+            id: Ulid::new(),
+            name: name.to_owned(),
+            key: SecretKey::generate(),
+            key_rev: 1,
+            created_at: now,
+        };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM accounts WHERE name = ?1)", [name], |r| r.get(0))?;
+        let taken: bool =
+            tx.query_row("SELECT EXISTS(SELECT 1 FROM accounts WHERE name = ?1)", [name], |r| r.get(0))?;
         if taken {
             return Err(StoreError::NameTaken(name.to_owned()));
         }
@@ -127,10 +133,17 @@ impl Store {
 
     /// Every account, ordered by name.
     pub fn accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, name, key, key_rev, created_at FROM accounts ORDER BY name COLLATE NOCASE")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, key, key_rev, created_at FROM accounts ORDER BY name COLLATE NOCASE")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -179,7 +192,11 @@ impl Store {
 
     /// A counter bumped by every account change.
     pub fn accounts_rev(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("SELECT v FROM meta WHERE k = 'accounts_rev'", [], |r| r.get(0)).optional()?.unwrap_or(0))
+        Ok(self
+            .conn
+            .query_row("SELECT v FROM meta WHERE k = 'accounts_rev'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
     /// SQLite's `data_version`: changes when another connection commits.

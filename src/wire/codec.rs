@@ -127,12 +127,7 @@ pub struct FrameCodec {
 impl FrameCodec {
     /// A codec that refuses payloads longer than `max_payload` bytes.
     pub fn new(max_payload: usize) -> Self {
-        Self {
-            max_payload,
-            max_len_digits: max_payload.to_string().len(),
-            state: State::Command,
-            scanned: 0,
-        }
+        Self { max_payload, max_len_digits: max_payload.to_string().len(), state: State::Command, scanned: 0 }
     }
 
     /// The configured `max_payload`.
@@ -220,8 +215,8 @@ impl Decoder for FrameCodec {
                         || FrameError::BadCommand("longer than 16 bytes"),
                     )?;
                     let Some((content, consumed)) = line else { return Ok(None) };
-                    let command = CommandName::new(&src[..content])
-                        .ok_or(FrameError::BadCommand("empty command name"))?;
+                    let command =
+                        CommandName::new(&src[..content]).ok_or(FrameError::BadCommand("empty command name"))?;
                     src.advance(consumed);
                     self.state = State::Len { command };
                 }

@@ -4,7 +4,7 @@
 //! the MAC so that a signed payload cannot be replayed under another command.
 //! Owns keys and tags; knows nothing of sessions or sockets.
 
-use hmac::{Mac, Hmac};
+use hmac::{Hmac, Mac};
 use sha3::Sha3_512;
 
 use super::codec::TAG_LEN;

@@ -174,10 +174,11 @@ impl Raw {
                 Err(e) => panic!("server sent a bad frame: {e}"),
             }
             let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.expect("frame in time") {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            // A reset connection counts as closed.
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("frame in time")
+                .unwrap_or_default();
             if n == 0 {
                 return None;
             }
