@@ -1,0 +1,199 @@
+//! The `sigil` binary as scripts use it (PROTOCOL.md §9): account commands,
+//! `frame` | TCP | `decode`, and shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn sigil(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sigil")).current_dir(dir).args(args).output().expect("run sigil")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "sigil failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn fails(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "expected exit 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("sigil: ") && err.contains(needle), "stderr: {err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn account_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let json: serde_json::Value = serde_json::from_str(&ok(&sigil(d, &["account", "add", "alice", "--json"]))).unwrap();
+    assert_eq!(json["name"], "alice");
+    assert_eq!(json["key"].as_str().unwrap().len(), 64);
+    assert_eq!(json["id"].as_str().unwrap().len(), 26);
+    assert!(!d.join("alice.cred").exists(), "--json writes no file without --out");
+
+    let text = ok(&sigil(d, &["account", "add", "bob"]));
+    assert!(text.contains("bob") && text.contains("bob.cred"), "{text}");
+    let cred = std::fs::read_to_string(d.join("bob.cred")).unwrap();
+    assert!(cred.contains("\"key\""));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.join("bob.cred")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(d.join("sigil.db")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    ok(&sigil(d, &["account", "add", "carol", "--out", "c.json", "--db", "sigil.db"]));
+    assert!(d.join("c.json").exists());
+
+    let list = ok(&sigil(d, &["account", "list", "--json"]));
+    let names: Vec<String> = list
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    assert!(!list.contains("key"), "list never shows keys");
+
+    let rotated: serde_json::Value =
+        serde_json::from_str(&ok(&sigil(d, &["account", "rotate", "ALICE", "--json"]))).unwrap();
+    assert_ne!(rotated["key"], json["key"]);
+    ok(&sigil(d, &["account", "remove", json["id"].as_str().unwrap()]));
+
+    fails(&sigil(d, &["account", "add", "Bob"]), "taken");
+    fails(&sigil(d, &["account", "add", "bad name"]), "invalid name");
+    fails(&sigil(d, &["account", "remove", "nobody"]), "no account");
+    fails(&sigil(d, &["frame", "info"]), "invalid command name");
+    fails(&sigil(d, &["frame", "--cred", "missing.cred", "CNN"]), "missing.cred");
+    fails(&sigil(d, &["frame", "--cred", "bob.cred", "PV_MSG", "not json"]), "JSON");
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .current_dir(dir)
+            .args(["serve", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("server log line").unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_until_eof(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("server closes");
+    all
+}
+
+fn decode(dir: &Path, cred: Option<&str>, bytes: &[u8]) -> Vec<serde_json::Value> {
+    let mut args = vec!["decode"];
+    if let Some(c) = cred {
+        args.extend(["--cred", c]);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .current_dir(dir)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = ok(&child.wait_with_output().unwrap());
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn netcat_style_session_with_frame_and_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&sigil(d, &["account", "add", "alice"]));
+    let server = Server::start(d);
+
+    // Unsigned INFO, as `printf 'INFO\n0\n\n' | nc ...` sends it; then DCNN is not
+    // allowed before CNN, so close our side and read what came.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(&sigil(d, &["frame", "INFO"]).stdout).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let frames = decode(d, None, &read_until_eof(&mut s));
+    assert_eq!(frames[0]["command"], "SINFO");
+    assert_eq!(frames[0]["signature"], "none");
+    assert_eq!(frames[0]["payload"]["protocol_version"], 0);
+
+    // A signed session built from `sigil frame`.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    for args in [&["frame", "--cred", "alice.cred", "CNN"][..], &["frame", "--cred", "alice.cred", "LST_USR"], &[
+        "frame",
+        "--cred",
+        "alice.cred",
+        "DCNN",
+    ]] {
+        s.write_all(&ok_bytes(&sigil(d, args))).unwrap();
+    }
+    let frames = decode(d, Some("alice.cred"), &read_until_eof(&mut s));
+    let commands: Vec<&str> = frames.iter().map(|f| f["command"].as_str().unwrap()).collect();
+    assert_eq!(commands, ["UCNN", "USR_LST"]);
+    assert!(frames.iter().all(|f| f["signature"] == "valid"));
+    assert_eq!(frames[1]["payload"]["users"][0]["name"], "alice");
+}
+
+fn ok_bytes(out: &Output) -> Vec<u8> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout.clone()
+}
+
+#[test]
+fn sigterm_sends_err_shutdown_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&sigil(d, &["account", "add", "alice"]));
+    let mut server = Server::start(d);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(&ok_bytes(&sigil(d, &["frame", "--cred", "alice.cred", "CNN"]))).unwrap();
+    // Wait for UCNN so the session is registered before the signal.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 5];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"UCNN\n");
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = first.to_vec();
+    rest.extend(read_until_eof(&mut s));
+    let frames = decode(d, Some("alice.cred"), &rest);
+    let last = frames.last().unwrap();
+    assert_eq!((last["command"].as_str(), last["payload"]["code"].as_str()), (Some("ERR"), Some("shutdown")));
+    assert_eq!(last["signature"], "valid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(code) = server.child.try_wait().unwrap() {
+            assert!(code.success(), "exit status {code}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The database is intact and reopens.
+    ok(&sigil(d, &["account", "list"]));
+}
