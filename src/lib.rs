@@ -17,6 +17,8 @@
 
 pub mod client;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod server;
 pub mod store;

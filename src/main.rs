@@ -75,13 +75,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = defaults::DEFAULT_CNN_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
     cnn_timeout_s: u64,
     /// Accepted difference between a frame's timestamp and the server clock (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S)]
+    #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S, value_parser = clap::value_parser!(u64).range(1..))]
     skew_s: u64,
     /// Largest accepted payload (bytes).
     #[arg(long, default_value_t = sigil::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
     max_payload: usize,
     /// Lifetime of an unacknowledged message (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S)]
+    #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S, value_parser = clap::value_parser!(u64).range(1..))]
     pending_ttl_s: u64,
     /// Nonces remembered per account within the skew window (memory bound).
     #[arg(long, default_value_t = defaults::DEFAULT_REPLAY_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -92,8 +92,8 @@ struct ServeArgs {
     /// Frames queued per connection before it is dropped as a slow consumer.
     #[arg(long, default_value_t = server::DEFAULT_OUTBOUND_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     outbound_queue: usize,
-    /// Name announced in SINFO.
-    #[arg(long, default_value = "sigil")]
+    /// Name announced in SINFO (at most 64 bytes).
+    #[arg(long, default_value = "sigil", value_parser = server_name)]
     server_name: String,
 }
 
@@ -140,6 +140,14 @@ enum AccountCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+fn server_name(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        Err("use 1 to 64 bytes".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 fn main() -> ExitCode {

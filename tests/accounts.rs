@@ -29,7 +29,8 @@ async fn account_added_and_removed_while_running() {
     assert_eq!(code(&e), ErrorCode::AccountRemoved);
     closed(&mut bob).await;
     let bob_id = ts.user("bob").id;
-    until(&mut alice, |ev| matches!(ev, ServerEvent::Udcnn(u) if u.id == bob_id).then_some(())).await;
+    until(&mut alice, |ev| matches!(ev, ServerEvent::Udcnn(u) if u.id == bob_id && u.name == "bob").then_some(()))
+        .await;
     until(&mut alice, |ev| matches!(ev, ServerEvent::UsrRmd(u) if u.id == bob_id).then_some(())).await;
     // And his key no longer works.
     let mut raw = ts.raw().await;
@@ -62,6 +63,24 @@ async fn restart_keeps_accounts() {
     alice.send(Command::LstUsr).await.unwrap();
     let l = until(&mut alice, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
     assert_eq!(l.users.len(), 2);
+}
+
+#[tokio::test]
+async fn frames_captured_before_a_restart_cannot_be_replayed_after_it() {
+    let mut ts = TestServer::start(&["alice"], |_| {}).await;
+    let alice = ts.user("alice");
+    // Frames stamped before a server's start second are refused, so let this one age first.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let mut raw = ts.raw().await;
+    // Stamped a second ago: inside the skew window, before the restart.
+    let captured = raw.send_request(&alice, Command::Cnn { id: alice.id }, 7, now() - 1).await;
+    assert_eq!(raw.frame().await.unwrap().command.as_str(), "UCNN");
+    ts.restart(|_| {}).await;
+    let mut replay = ts.raw().await;
+    replay.send(&captured).await;
+    replay.expect_fatal(ErrorCode::Stale).await;
+    // A fresh CNN works.
+    let _ = ts.connect("alice").await;
 }
 
 #[tokio::test]

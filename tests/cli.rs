@@ -144,12 +144,11 @@ fn netcat_style_session_with_frame_and_decode() {
 
     // A signed session built from `sigil frame`.
     let mut s = TcpStream::connect(&server.addr).unwrap();
-    for args in [&["frame", "--cred", "alice.cred", "CNN"][..], &["frame", "--cred", "alice.cred", "LST_USR"], &[
-        "frame",
-        "--cred",
-        "alice.cred",
-        "DCNN",
-    ]] {
+    for args in [
+        &["frame", "--cred", "alice.cred", "CNN"][..],
+        &["frame", "--cred", "alice.cred", "LST_USR"],
+        &["frame", "--cred", "alice.cred", "DCNN"],
+    ] {
         s.write_all(&ok_bytes(&sigil(d, args))).unwrap();
     }
     let frames = decode(d, Some("alice.cred"), &read_until_eof(&mut s));

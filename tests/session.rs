@@ -197,6 +197,51 @@ async fn payload_errors_and_unknown_commands_are_not_fatal() {
     raw.send(&signed_raw(&alice, "FROBNICATE", &payload)).await;
     let (_, e) = raw.expect_err().await;
     assert_eq!((e.code.as_str(), e.nonce_ref), ("unknown_command", Some(43)));
+    // A str that is not UTF-8, and an id sent as bin: bad_payload, not silently converted.
+    let mut bad_utf8 = vec![0x83, 0xa5];
+    bad_utf8.extend_from_slice(b"nonce");
+    bad_utf8.extend_from_slice(&[0x2d, 0xa9]);
+    bad_utf8.extend_from_slice(b"timestamp");
+    bad_utf8.push(0xce);
+    bad_utf8.extend_from_slice(&(now() as u32).to_be_bytes());
+    bad_utf8.extend_from_slice(&[0xa1, b'x', 0xa2, 0xc3, 0x28]);
+    raw.send(&signed_raw(&alice, "LST_USR", &bad_utf8)).await;
+    let (_, e) = raw.expect_err().await;
+    assert_eq!(e.code, "bad_payload");
+    let mut bin_id = vec![0x83, 0xa5];
+    bin_id.extend_from_slice(b"nonce");
+    bin_id.push(0x2e);
+    bin_id.extend_from_slice(&[0xa9]);
+    bin_id.extend_from_slice(b"timestamp");
+    bin_id.push(0xce);
+    bin_id.extend_from_slice(&(now() as u32).to_be_bytes());
+    bin_id.extend_from_slice(&[0xa2, b't', b'o', 0xc4, 26]);
+    bin_id.extend_from_slice(alice.id.to_string().as_bytes());
+    raw.send(&signed_raw(&alice, "CNN_USR", &bin_id)).await;
+    let (_, e) = raw.expect_err().await;
+    assert_eq!((e.code.as_str(), e.nonce_ref), ("bad_payload", Some(0x2e)));
     raw.send_request(&alice, Command::LstUsr, 44, now()).await;
     assert_eq!(raw.frame().await.unwrap().command.as_str(), "USR_LST");
+}
+
+#[tokio::test]
+async fn a_user_list_larger_than_max_payload_comes_in_pages() {
+    let names: Vec<String> = (0..12).map(|i| format!("user{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ts = TestServer::start(&refs, |c| c.limits.max_payload = 300).await;
+    let mut clients = Vec::new();
+    for n in &refs {
+        clients.push(sigil::client::Client::connect_with_max_payload(ts.addr, &ts.user(n), 300).await.unwrap());
+    }
+    let me = &mut clients[0];
+    me.send(Command::LstUsr).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let page = until(me, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
+        seen.extend(page.users.into_iter().map(|u| u.name));
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, names, "every user once, in name order, across pages");
 }

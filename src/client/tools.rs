@@ -47,10 +47,10 @@ pub fn build_frame(
             if name.as_str() == "CNN" {
                 map.entry("id").or_insert_with(|| json!(cred.id.to_string()));
             }
-            encode_value(&Json::Object(map))
+            encode_value(&Json::Object(map))?
         }
         None if map.is_empty() => Vec::new(),
-        None => encode_value(&Json::Object(map)),
+        None => encode_value(&Json::Object(map))?,
     };
     let tag = cred.map(|c| c.key.mac().sign(name.as_bytes(), &payload));
     let mut out = BytesMut::new();
@@ -58,15 +58,15 @@ pub fn build_frame(
     Ok(out.to_vec())
 }
 
-fn encode_value(json: &Json) -> Vec<u8> {
+fn encode_value(json: &Json) -> Result<Vec<u8>, FrameToolError> {
     let mut out = Vec::new();
     // Writing to a Vec cannot fail.
-    let _ = rmpv::encode::write_value(&mut out, &to_msgpack(json));
-    out
+    let _ = rmpv::encode::write_value(&mut out, &to_msgpack(json)?);
+    Ok(out)
 }
 
-fn to_msgpack(json: &Json) -> Value {
-    match json {
+fn to_msgpack(json: &Json) -> Result<Value, FrameToolError> {
+    Ok(match json {
         Json::Null => Value::Nil,
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => {
@@ -79,16 +79,15 @@ fn to_msgpack(json: &Json) -> Value {
             }
         }
         Json::String(s) => Value::from(s.as_str()),
-        Json::Array(a) => Value::Array(a.iter().map(to_msgpack).collect()),
+        Json::Array(a) => Value::Array(a.iter().map(to_msgpack).collect::<Result<_, _>>()?),
         Json::Object(m) => {
             if let (1, Some(Json::String(h))) = (m.len(), m.get("$bin")) {
-                if let Ok(bytes) = hex::decode(h) {
-                    return Value::Binary(bytes);
-                }
+                let bytes = hex::decode(h).map_err(|_| FrameToolError::BadJson(format!("$bin {h:?} is not hex")))?;
+                return Ok(Value::Binary(bytes));
             }
-            Value::Map(m.iter().map(|(k, v)| (Value::from(k.as_str()), to_msgpack(v))).collect())
+            Value::Map(m.iter().map(|(k, v)| Ok((Value::from(k.as_str()), to_msgpack(v)?))).collect::<Result<_, _>>()?)
         }
-    }
+    })
 }
 
 fn to_json(v: &Value) -> Json {
@@ -160,6 +159,7 @@ mod tests {
         assert_eq!(build_frame(None, "INFO", None, 0).unwrap(), b"INFO\n0\n\n");
         assert!(build_frame(None, "info", None, 0).is_err());
         assert!(build_frame(None, "INFO", Some("[1]"), 0).is_err());
+        assert!(build_frame(None, "INFO", Some(r#"{"msg": {"$bin": "zz"}}"#), 0).is_err());
     }
 
     #[test]

@@ -12,12 +12,16 @@ use ulid::Ulid;
 use super::config::Limits;
 use crate::proto::command::{Command, Envelope, Request};
 use crate::proto::event::{
-    Msg, MsgAck, Outbound, Sinfo, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst, UsrRmd,
+    Msg, MsgAck, Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst, UsrRmd,
 };
 use crate::proto::{ErrorCode, ProtoError};
 use crate::wire::ReplayGuard;
 
 use super::session::AUTH_FAILED_REASON;
+
+/// Largest msgpack encoding of one `USR_LST` entry: map header, three keys,
+/// a 26-character id, `"online"` and a name of at most 32 bytes.
+const USER_ENTRY_MAX: usize = 1 + (3 + 28) + (7 + 8) + (5 + 2 + crate::store::MAX_NAME_LEN);
 
 /// A connection, as the shell numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,11 +123,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay with the given limits and no accounts.
-    pub fn new(limits: Limits) -> Self {
+    /// A relay with the given limits and no accounts, started at `now`.
+    /// Frames stamped before `now`'s second are refused: the nonces seen
+    /// before a restart are forgotten, so their frames must not pass again.
+    pub fn new(limits: Limits, now: u64) -> Self {
         let sinfo = Outbound::event(&limits.sinfo());
         Self {
-            replay: ReplayGuard::new(limits.skew_s, limits.replay_window),
+            replay: ReplayGuard::new(limits.skew_s, limits.replay_window).with_floor(now.saturating_sub(1)),
             limits,
             sinfo,
             accounts: HashMap::new(),
@@ -137,11 +143,6 @@ impl Relay {
     /// The `SINFO` frame (unsigned form is `.unsigned()`).
     pub fn sinfo(&self) -> &Outbound {
         &self.sinfo
-    }
-
-    /// The `SINFO` payload for `limits`.
-    pub fn sinfo_payload(limits: &Limits) -> Sinfo {
-        limits.sinfo()
     }
 
     /// The account an open connection is authenticated as.
@@ -182,13 +183,15 @@ impl Relay {
             Input::Closed { conn } => self.end_session(conn, None, out),
             Input::AccountUpserted { id, name, key_rev } => self.account_upserted(id, name, key_rev, out),
             Input::AccountRemoved { id } => {
-                if self.accounts.remove(&id).is_none() {
+                if !self.accounts.contains_key(&id) {
                     return;
                 }
+                // End the session first: its UDCNN still names the account.
                 if let Some(&conn) = self.online.get(&id) {
                     let e = ProtoError::new(ErrorCode::AccountRemoved, "this account was removed");
                     self.end_session(conn, Some(Outbound::error(&e)), out);
                 }
+                self.accounts.remove(&id);
                 self.replay.forget(&id);
                 self.broadcast(Outbound::event(&UsrRmd { id }), None, out);
             }
@@ -309,16 +312,9 @@ impl Relay {
                 Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated"))
             }
             Command::LstUsr => {
-                let mut users: Vec<UserEntry> = self
-                    .online
-                    .keys()
-                    .filter_map(|id| {
-                        let a = self.accounts.get(id)?;
-                        Some(UserEntry { id: *id, status: "online".to_owned(), name: a.name.clone() })
-                    })
-                    .collect();
-                users.sort_by(|a, b| a.name.cmp(&b.name));
-                out.push(Effect::Send { conn, frame: Outbound::event(&UsrLst { users }) });
+                for frame in self.user_list_pages() {
+                    out.push(Effect::Send { conn, frame });
+                }
                 Ok(())
             }
             Command::CnnUsr { to } => self.target(to).map(|peer| {
@@ -364,6 +360,34 @@ impl Relay {
         if let Err(e) = result {
             out.push(Effect::Send { conn, frame: Outbound::error(&e.with_ref(nonce)) });
         }
+    }
+
+    /// `USR_LST` split into frames that each fit `max_payload`; all but the
+    /// last have `more: true`. Sorted by name, ignoring case.
+    fn user_list_pages(&self) -> Vec<Outbound> {
+        let mut users: Vec<UserEntry> = self
+            .online
+            .keys()
+            .filter_map(|id| {
+                let a = self.accounts.get(id)?;
+                Some(UserEntry { id: *id, status: "online".to_owned(), name: a.name.clone() })
+            })
+            .collect();
+        users.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()).then(a.id.cmp(&b.id)));
+        // An entry encodes to at most USER_ENTRY_MAX bytes; the envelope to a few.
+        let per_page = ((self.limits.max_payload.saturating_sub(16)) / USER_ENTRY_MAX).max(1);
+        let mut pages: Vec<Outbound> = users
+            .chunks(per_page)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let more = (i + 1) * per_page < users.len();
+                Outbound::event(&UsrLst { users: chunk.to_vec(), more })
+            })
+            .collect();
+        if pages.is_empty() {
+            pages.push(Outbound::event(&UsrLst { users: Vec::new(), more: false }));
+        }
+        pages
     }
 
     /// The connection of a user who must exist and be online.

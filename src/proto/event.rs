@@ -117,11 +117,14 @@ pub struct UserEntry {
     pub name: String,
 }
 
-/// `USR_LST`: the connected users.
+/// `USR_LST`: the connected users, in one or more pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsrLst {
-    /// Every connected user.
+    /// Connected users (this page).
     pub users: Vec<UserEntry>,
+    /// True when another `USR_LST` page follows (the list did not fit `max_payload`).
+    #[serde(default)]
+    pub more: bool,
 }
 event!(UsrLst, "USR_LST");
 

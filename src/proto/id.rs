@@ -3,7 +3,8 @@
 //! `ulid` silently drops the overflow of a first character above `7`, which
 //! would let two spellings name one id; this module refuses them.
 
-use serde::{Deserialize, Deserializer};
+use serde::de::Visitor;
+use serde::Deserializer;
 use ulid::Ulid;
 
 /// Parses an id (either case).
@@ -15,10 +16,19 @@ pub fn parse(text: &str) -> Option<Ulid> {
     Ulid::from_string(text).ok()
 }
 
-/// serde `deserialize_with` for one id.
+/// serde `deserialize_with` for one id: a msgpack `str` only (not `bin`).
 pub fn strict<'de, D: Deserializer<'de>>(d: D) -> Result<Ulid, D::Error> {
-    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-    parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not a ULID: {text:?}")))
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Ulid;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a ULID string")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Ulid, E> {
+            parse(text).ok_or_else(|| E::custom(format!("not a ULID: {text:?}")))
+        }
+    }
+    d.deserialize_str(V)
 }
 
 #[cfg(test)]

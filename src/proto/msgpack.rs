@@ -1,8 +1,8 @@
 //! Shape check of a payload: exactly one msgpack map with string keys.
 //!
 //! Runs before serde sees the bytes, because rmp-serde would also accept a
-//! struct encoded as an array, integer keys as field indexes, and trailing
-//! bytes. The walk allocates nothing, visits each byte at most once and bounds
+//! struct encoded as an array, integer keys as field indexes, trailing bytes,
+//! and a `str` that is not UTF-8 (handing it on as bytes). The walk allocates nothing, visits each byte at most once and bounds
 //! nesting depth, so it is safe on hostile input.
 
 use rmp::Marker;
@@ -28,6 +28,9 @@ pub enum ShapeError {
     /// A marker byte msgpack reserves.
     #[error("payload holds a reserved msgpack marker")]
     Reserved,
+    /// A `str` that is not valid UTF-8 (it would otherwise pass as `bin`).
+    #[error("payload holds a str that is not valid UTF-8")]
+    BadUtf8,
     /// Containers nested deeper than [`MAX_DEPTH`].
     #[error("payload nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
@@ -129,7 +132,10 @@ pub fn check_map(bytes: &[u8]) -> Result<(), ShapeError> {
         }
         match n {
             Next::Skip(len) => {
-                c.take(len)?;
+                let bytes = c.take(len)?;
+                if is_str(marker) && std::str::from_utf8(bytes).is_err() {
+                    return Err(ShapeError::BadUtf8);
+                }
             }
             Next::Items(items) => {
                 // Each item takes at least one byte: a claimed count larger than
@@ -171,6 +177,8 @@ mod tests {
         assert_eq!(check_map(&[0x81, 0xa1, b'a']), Err(ShapeError::Truncated));
         assert_eq!(check_map(&[0xdf, 0xff, 0xff, 0xff, 0xff]), Err(ShapeError::Truncated));
         assert_eq!(check_map(&[0x81, 0xa1, b'a', 0xc1]), Err(ShapeError::Reserved));
+        assert_eq!(check_map(&[0x81, 0xa1, b'a', 0xa1, 0xff]), Err(ShapeError::BadUtf8));
+        assert_eq!(check_map(&[0x81, 0xa1, 0xff, 0x01]), Err(ShapeError::BadUtf8));
         let mut deep = vec![0x81, 0xa1, b'a'];
         deep.extend(std::iter::repeat_n(0x91, 40));
         deep.push(0x01);

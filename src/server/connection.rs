@@ -149,7 +149,7 @@ async fn reader(
                 break e.to_string();
             }
             Ok(SessionOutput::Info) => {
-                let _ = handle.tx.try_send(shared.sinfo_unsigned.clone());
+                reply_before_auth(&handle, shared.sinfo_unsigned.clone());
                 continue;
             }
             Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => {
@@ -161,7 +161,7 @@ async fn reader(
                 Input::Open { conn, account, key_rev, envelope }
             }
             Ok(SessionOutput::Reject { error, .. }) if !was_authenticated => {
-                let _ = handle.tx.try_send(Outbound::error(&error).unsigned());
+                reply_before_auth(&handle, Outbound::error(&error).unsigned());
                 continue;
             }
             Ok(SessionOutput::Reject { envelope, error }) => Input::Reject { conn, envelope, error },
@@ -174,6 +174,15 @@ async fn reader(
     let account = session.account().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(conn = conn.0, %peer, %account, %reason, "disconnected");
     let _ = shared.hub.send(HubMsg::Input(Input::Closed { conn })).await;
+}
+
+/// Queues an answer to an unauthenticated connection; one that asks faster
+/// than it reads is a slow consumer like any other.
+fn reply_before_auth(handle: &ConnHandle, frame: Outbound) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(frame) {
+        let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
+        handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
+    }
 }
 
 /// Closes with a fatal error frame.

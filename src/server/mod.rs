@@ -137,7 +137,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
 
-    let mut relay = Relay::new(config.limits.clone());
+    let mut relay = Relay::new(config.limits.clone(), now_unix());
     let mut directory = HashMap::new();
     for a in &accounts {
         relay.step(
@@ -230,15 +230,17 @@ fn spawn_account_watcher(
                 continue;
             }
             rev = new_rev;
-            let inputs = diff_accounts(&known, &accounts);
-            if let Ok(mut dir) = shared.directory.write() {
-                dir.clear();
-                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
-            }
-            for input in inputs {
+            // The hub hears of the change before readers can use a new key:
+            // a CNN checked with the new key then always finds the account,
+            // and one checked with a stale key is refused by its key revision.
+            for input in diff_accounts(&known, &accounts) {
                 if shared.hub.blocking_send(HubMsg::Input(input)).is_err() {
                     return;
                 }
+            }
+            if let Ok(mut dir) = shared.directory.write() {
+                dir.clear();
+                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
             }
             known = accounts;
         }

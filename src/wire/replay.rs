@@ -37,6 +37,8 @@ struct Window {
 #[derive(Debug)]
 pub struct ReplayGuard {
     skew_s: u64,
+    /// Timestamps at or below this are refused for every account (server start).
+    global_floor: Option<u64>,
     per_account: usize,
     windows: HashMap<Ulid, Window>,
 }
@@ -44,7 +46,14 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// A guard with the given skew and per-account nonce capacity (at least 1).
     pub fn new(skew_s: u64, per_account: usize) -> Self {
-        Self { skew_s, per_account: per_account.max(1), windows: HashMap::new() }
+        Self { skew_s, global_floor: None, per_account: per_account.max(1), windows: HashMap::new() }
+    }
+
+    /// Refuses, for every account, timestamps at or below `floor` (as `stale`).
+    /// Set to the server's start time, since nonces from before are forgotten.
+    pub fn with_floor(mut self, floor: u64) -> Self {
+        self.global_floor = Some(floor);
+        self
     }
 
     /// Checks only the timestamp against the skew window.
@@ -60,6 +69,9 @@ impl ReplayGuard {
     pub fn check(&mut self, account: Ulid, timestamp: u64, nonce: u64, now: u64) -> Result<(), ReplayError> {
         Self::check_timestamp(self.skew_s, timestamp, now)?;
         let skew_s = self.skew_s;
+        if self.global_floor.is_some_and(|floor| timestamp <= floor) {
+            return Err(ReplayError::Stale { skew_s });
+        }
         let window = self.windows.entry(account).or_default();
         Self::expire(window, skew_s, now);
         if window.floor.is_some_and(|floor| timestamp <= floor) {
@@ -159,5 +171,14 @@ mod tests {
         assert_eq!(g.check(a, 1000, 3, 1000), Err(ReplayError::Replay));
         g.sweep(2000);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn the_start_floor_refuses_frames_from_before_a_restart() {
+        let mut g = ReplayGuard::new(30, 16).with_floor(1000);
+        let a = Ulid::nil();
+        assert_eq!(g.check(a, 990, 1, 1005), Err(ReplayError::Stale { skew_s: 30 }));
+        assert_eq!(g.check(a, 1000, 2, 1005), Err(ReplayError::Stale { skew_s: 30 }));
+        assert_eq!(g.check(a, 1001, 3, 1005), Ok(()));
     }
 }
