@@ -137,11 +137,8 @@ impl Client {
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
         let mac = credentials.key.mac();
-        // Events may be up to max_payload; allow generous headroom for the server's encoding.
-        let mut reader = ClientReader {
-            framed: FramedRead::new(read, FrameCodec::new(max_payload.saturating_mul(2))),
-            mac: mac.clone(),
-        };
+        // Every server frame fits the server's max_payload (PROTOCOL.md §1.3).
+        let mut reader = ClientReader { framed: FramedRead::new(read, FrameCodec::new(max_payload)), mac: mac.clone() };
         let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
         writer.send(Command::Cnn { id: credentials.id }).await?;
         match reader.recv().await? {

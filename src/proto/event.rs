@@ -190,14 +190,21 @@ pub struct ErrPayload {
 }
 event!(ErrPayload, "ERR");
 
+/// Longest `reason` sent: reasons may quote client input, and every server
+/// frame must fit `max_payload`.
+pub const MAX_REASON_LEN: usize = 256;
+
 impl From<&ProtoError> for ErrPayload {
     fn from(e: &ProtoError) -> Self {
-        Self {
-            code: e.code.as_str().to_owned(),
-            reason: e.reason.to_string(),
-            nonce_ref: e.nonce_ref,
-            msg_id: e.msg_id,
+        let mut reason = e.reason.to_string();
+        if reason.len() > MAX_REASON_LEN {
+            let mut cut = MAX_REASON_LEN;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
         }
+        Self { code: e.code.as_str().to_owned(), reason, nonce_ref: e.nonce_ref, msg_id: e.msg_id }
     }
 }
 
@@ -272,5 +279,25 @@ impl ServerEvent {
             "ERR" => ServerEvent::Err(de(command, payload)?),
             _ => ServerEvent::Other { command: command.to_owned(), payload: payload.clone() },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let e = ProtoError::new(ErrorCode::BadPayload, "é".repeat(1000));
+        let p = ErrPayload::from(&e);
+        assert!(p.reason.len() <= MAX_REASON_LEN && p.reason.len() >= MAX_REASON_LEN - 1);
+        assert!(p.reason.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn absent_ref_and_msg_id_are_omitted() {
+        let bytes = Outbound::error(&ProtoError::new(ErrorCode::Timeout, "x")).payload;
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(v, serde_json::json!({"code": "timeout", "reason": "x"}));
     }
 }
