@@ -69,19 +69,19 @@ struct ServeArgs {
     #[arg(long, default_value_t = defaults::DEFAULT_MIN_ONLINE)]
     min_online: u64,
     /// Idle timeout: a session silent this long is closed (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = defaults::DEFAULT_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     timeout_s: u64,
     /// Time allowed between TCP accept and CNN (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_CNN_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = defaults::DEFAULT_CNN_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     cnn_timeout_s: u64,
     /// Accepted difference between a frame's timestamp and the server clock (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     skew_s: u64,
     /// Largest accepted payload (bytes).
-    #[arg(long, default_value_t = sigil::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
+    #[arg(long, default_value_t = sigil::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(512..=16_777_216))]
     max_payload: usize,
     /// Lifetime of an unacknowledged message (seconds).
-    #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     pending_ttl_s: u64,
     /// Nonces remembered per account within the skew window (memory bound).
     #[arg(long, default_value_t = defaults::DEFAULT_REPLAY_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -92,6 +92,18 @@ struct ServeArgs {
     /// Frames queued per connection before it is dropped as a slow consumer.
     #[arg(long, default_value_t = server::DEFAULT_OUTBOUND_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     outbound_queue: usize,
+    /// Payload bytes queued per connection before it is dropped as a slow consumer.
+    #[arg(long, default_value_t = server::DEFAULT_OUTBOUND_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    outbound_bytes: usize,
+    /// Messages awaiting commit per channel.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending: usize,
+    /// Merged messages awaiting confirmation per channel.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_MERGES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_merges: usize,
+    /// Messages per CH_APPEND page (pages are also cut to fit max_payload).
+    #[arg(long, default_value_t = defaults::DEFAULT_PULL_PAGE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pull_page: usize,
     /// Name announced in SINFO (at most 64 bytes).
     #[arg(long, default_value = "sigil", value_parser = server_name)]
     server_name: String,
@@ -211,8 +223,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         pending_ttl_s: args.pending_ttl_s,
         replay_window: args.replay_window,
         max_unacked_private: args.max_unacked_private,
+        max_pending: args.max_pending,
+        max_merges: args.max_merges,
+        pull_page: args.pull_page,
     };
     config.outbound_queue = args.outbound_queue;
+    config.outbound_bytes = args.outbound_bytes;
     runtime()?.block_on(async {
         let running = server::start(config).await?;
         running.run_until(shutdown_signal()).await;

@@ -93,6 +93,7 @@ impl View {
                 s.server_name, s.version, s.protocol_version
             )),
             ServerEvent::Other { command, .. } => r.lines.push(format!("[{time}] ({command})")),
+            other => r.lines.push(format!("[{time}] {other:?}")),
         }
         r
     }

@@ -3,6 +3,7 @@
 //! Each default is stated once, here; `sigil serve --help`, `SINFO` and the
 //! docs show these values.
 
+use super::channel::ChannelLimits;
 use crate::proto::event::{Sinfo, PROTOCOL_VERSION};
 
 /// Default idle timeout (s).
@@ -19,6 +20,13 @@ pub const DEFAULT_PENDING_TTL_S: u64 = 120;
 pub const DEFAULT_REPLAY_WINDOW: usize = 16_384;
 /// Default cap on delivered, unacknowledged private messages (server-wide).
 pub const DEFAULT_MAX_UNACKED_PRIVATE: usize = 65_536;
+
+/// Default pending (uncommitted) messages per channel.
+pub const DEFAULT_MAX_PENDING: usize = 4096;
+/// Default merged messages awaiting confirmation per channel.
+pub const DEFAULT_MAX_MERGES: usize = 1024;
+/// Default messages per `CH_APPEND` page (pages are also cut to fit `max_payload`).
+pub const DEFAULT_PULL_PAGE: usize = 256;
 
 /// The protocol core's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +49,12 @@ pub struct Limits {
     pub replay_window: usize,
     /// Delivered, unacknowledged private messages remembered server-wide.
     pub max_unacked_private: usize,
+    /// Pending messages per channel.
+    pub max_pending: usize,
+    /// Merged messages awaiting confirmation per channel.
+    pub max_merges: usize,
+    /// Messages per `CH_APPEND` page.
+    pub pull_page: usize,
 }
 
 impl Default for Limits {
@@ -55,11 +69,24 @@ impl Default for Limits {
             pending_ttl_s: DEFAULT_PENDING_TTL_S,
             replay_window: DEFAULT_REPLAY_WINDOW,
             max_unacked_private: DEFAULT_MAX_UNACKED_PRIVATE,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_merges: DEFAULT_MAX_MERGES,
+            pull_page: DEFAULT_PULL_PAGE,
         }
     }
 }
 
 impl Limits {
+    /// The part of the limits a channel enforces.
+    pub fn channel_limits(&self) -> ChannelLimits {
+        ChannelLimits {
+            min_online: self.min_online,
+            pending_ttl_s: self.pending_ttl_s,
+            max_pending: self.max_pending,
+            max_merges: self.max_merges,
+        }
+    }
+
     /// The SINFO payload describing these limits.
     pub fn sinfo(&self) -> Sinfo {
         Sinfo {

@@ -1,10 +1,13 @@
 //! The pure core: session and relay state machines. No tokio, no sockets, no
 //! clock: time is an argument, output is a list of effects.
 
+pub mod channel;
 pub mod config;
+pub mod quorum;
 pub mod relay;
 pub mod session;
 
+pub use channel::{Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
 pub use config::Limits;
 pub use relay::{ConnId, Effect, Input, Relay};
 pub use session::{AccountKey, Session, SessionOutput};

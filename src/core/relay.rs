@@ -1,7 +1,10 @@
 //! `Relay`: the server's shared protocol state, as a pure state machine.
 //!
-//! It owns who is online, the accounts' names, the nonce windows, and the
-//! private-message ledger that makes acks unforgeable (PROTOCOL.md §3, §4, §6).
+//! It owns who is online, the accounts' names, the nonce windows, the
+//! private-message ledger that makes acks unforgeable (PROTOCOL.md §3, §4, §6),
+//! and the channels (§7): it routes each channel command to its [`Channel`]
+//! and turns the channel's user-addressed output into connection-addressed
+//! effects.
 //! `step(input, now)` appends [`Effect`]s: frames addressed to connections and
 //! connections to close. It knows nothing of sockets, tasks or clocks.
 
@@ -9,10 +12,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use ulid::Ulid;
 
+use super::channel::{Channel, ChannelEffect, ChannelSnapshot, StoreOp};
 use super::config::Limits;
 use crate::proto::command::{Command, Envelope, Request};
 use crate::proto::event::{
-    Msg, MsgAck, Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst, UsrRmd,
+    ChAppend, HistoryEntry, LstCh, Msg, MsgAck, Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst,
+    UsrRmd,
 };
 use crate::proto::{ErrorCode, ProtoError};
 use crate::wire::ReplayGuard;
@@ -22,6 +27,38 @@ use super::session::AUTH_FAILED_REASON;
 /// Largest msgpack encoding of one `USR_LST` entry: map header, three keys,
 /// a 26-character id, `"online"` and a name of at most 32 bytes.
 const USER_ENTRY_MAX: usize = 1 + (3 + 28) + (7 + 8) + (5 + 2 + crate::store::MAX_NAME_LEN);
+
+/// Largest msgpack encoding of one `LST_CH` entry (name ≤ 64 bytes, leader id or nil).
+const CHANNEL_ENTRY_MAX: usize = 1 + (3 + 28) + (5 + 2 + MAX_CHANNEL_NAME_LEN) + (7 + 28) + (7 + 10);
+
+/// Longest channel name.
+pub const MAX_CHANNEL_NAME_LEN: usize = 64;
+
+/// Channel names: 1 to 64 of `[A-Za-z0-9_.-#]`, unique ignoring case.
+pub fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'#'))
+}
+
+fn no_such_channel() -> ProtoError {
+    ProtoError::new(ErrorCode::NoSuchChannel, "no such channel")
+}
+
+/// Splits a list into frames of at most `per_page` items; all but the last
+/// say `more`. An empty list is one empty page.
+fn pages<T>(items: Vec<T>, per_page: usize, mut frame: impl FnMut(Vec<T>, bool) -> Outbound) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    let mut items = items.into_iter().peekable();
+    loop {
+        let page: Vec<T> = items.by_ref().take(per_page).collect();
+        let more = items.peek().is_some();
+        out.push(frame(page, more));
+        if !more {
+            return out;
+        }
+    }
+}
 
 /// A connection, as the shell numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +115,26 @@ pub enum Input {
     },
     /// Time passed: expire what is due.
     Tick,
+    /// The store made a channel's appends durable up to `seq`.
+    Stored {
+        /// The channel.
+        channel: Ulid,
+        /// The last durable position.
+        seq: u64,
+    },
+    /// History read for a `CH_PULL`.
+    Pulled {
+        /// The asking connection.
+        conn: ConnId,
+        /// The channel.
+        channel: Ulid,
+        /// The anchor the client gave.
+        anchor: Option<Ulid>,
+        /// Messages after it, in commit order (at most the page size).
+        entries: Vec<HistoryEntry>,
+        /// More history follows these entries.
+        more: bool,
+    },
 }
 
 /// What the shell must do.
@@ -96,6 +153,21 @@ pub enum Effect {
         conn: ConnId,
         /// The final frame (an `ERR`), if any.
         last: Option<Outbound>,
+    },
+    /// Write to the store; appends are reported back as [`Input::Stored`].
+    Store(StoreOp),
+    /// Read history for a `CH_PULL`; answered as [`Input::Pulled`].
+    Pull {
+        /// The asking connection.
+        conn: ConnId,
+        /// The channel.
+        channel: Ulid,
+        /// The anchor the client gave.
+        anchor: Option<Ulid>,
+        /// Read positions after this one.
+        after_seq: u64,
+        /// At most this many messages.
+        limit: usize,
     },
 }
 
@@ -120,6 +192,13 @@ pub struct Relay {
     /// Delivered, unacked private messages and when they expire.
     deliveries: HashMap<Delivery, u64>,
     deliveries_by_expiry: BTreeSet<(u64, Delivery)>,
+    channels: HashMap<Ulid, Channel>,
+    /// Lower-cased channel name → id.
+    channel_names: HashMap<String, Ulid>,
+    /// Account → the channels it is a member of.
+    memberships: HashMap<Ulid, BTreeSet<Ulid>>,
+    /// Reused buffer for channel output.
+    channel_out: Vec<ChannelEffect>,
 }
 
 impl Relay {
@@ -137,7 +216,31 @@ impl Relay {
             online: HashMap::new(),
             deliveries: HashMap::new(),
             deliveries_by_expiry: BTreeSet::new(),
+            channels: HashMap::new(),
+            channel_names: HashMap::new(),
+            memberships: HashMap::new(),
+            channel_out: Vec::new(),
         }
+    }
+
+    /// Adds a channel as the store holds it (at start).
+    pub fn restore_channel(&mut self, snapshot: ChannelSnapshot) {
+        let id = snapshot.id;
+        for member in &snapshot.members {
+            self.memberships.entry(*member).or_default().insert(id);
+        }
+        self.channel_names.insert(snapshot.name.to_ascii_lowercase(), id);
+        self.channels.insert(id, Channel::restore(snapshot, self.limits.channel_limits()));
+    }
+
+    /// A channel, for inspection.
+    pub fn channel(&self, id: &Ulid) -> Option<&Channel> {
+        self.channels.get(id)
+    }
+
+    /// Every channel, for inspection.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.values()
     }
 
     /// The `SINFO` frame (unsigned form is `.unsigned()`).
@@ -191,11 +294,34 @@ impl Relay {
                     let e = ProtoError::new(ErrorCode::AccountRemoved, "this account was removed");
                     self.end_session(conn, Some(Outbound::error(&e)), out);
                 }
+                for channel in self.memberships.remove(&id).unwrap_or_default() {
+                    // Announces CH_ULEAVE; the store already dropped the memberships.
+                    let _ = self.with_channel(channel, out, |c, o| c.leave(id, o));
+                }
                 self.accounts.remove(&id);
                 self.replay.forget(&id);
                 self.broadcast(Outbound::event(&UsrRmd { id }), None, out);
             }
+            Input::Stored { channel, seq } => {
+                let _ = self.with_channel(channel, out, |c, o| {
+                    c.stored(seq, o);
+                    Ok(())
+                });
+            }
+            Input::Pulled { conn, channel, anchor, entries, more } => {
+                if self.sessions.contains_key(&conn) {
+                    let frame = self.append_page(channel, anchor, entries, more);
+                    out.push(Effect::Send { conn, frame });
+                }
+            }
             Input::Tick => {
+                let ids: Vec<Ulid> = self.channels.keys().copied().collect();
+                for channel in ids {
+                    let _ = self.with_channel(channel, out, |c, o| {
+                        c.tick(now, o);
+                        Ok(())
+                    });
+                }
                 self.replay.sweep(now);
                 while let Some(&(expires, key)) = self.deliveries_by_expiry.first() {
                     if expires > now {
@@ -250,6 +376,13 @@ impl Relay {
         let ucnn = Outbound::event(&Ucnn(UserPresence { id: account, name }));
         out.push(Effect::Send { conn, frame: ucnn.clone() });
         self.broadcast(ucnn, Some(conn), out);
+        // Then one CH_STATUS per channel it is a member of (and recounts for the others).
+        for channel in self.memberships.get(&account).cloned().unwrap_or_default() {
+            let _ = self.with_channel(channel, out, |c, o| {
+                c.session_up(account, o);
+                Ok(())
+            });
+        }
     }
 
     /// Ends a session: closes it (with `last`, if given) and tells everyone else.
@@ -261,6 +394,12 @@ impl Relay {
         out.push(Effect::Close { conn, last });
         let name = self.accounts.get(&account).map(|a| a.name.clone()).unwrap_or_default();
         self.broadcast(Outbound::event(&Udcnn(UserPresence { id: account, name })), None, out);
+        for channel in self.memberships.get(&account).cloned().unwrap_or_default() {
+            let _ = self.with_channel(channel, out, |c, o| {
+                c.session_down(account, o);
+                Ok(())
+            });
+        }
     }
 
     fn account_upserted(&mut self, id: Ulid, name: String, key_rev: u64, out: &mut Vec<Effect>) {
@@ -331,6 +470,18 @@ impl Relay {
                 out.push(Effect::Send { conn: peer, frame });
                 Ok(())
             }),
+            command @ (Command::ChNew { .. }
+            | Command::ChJoin { .. }
+            | Command::ChLeave { .. }
+            | Command::ChLst
+            | Command::ChLead { .. }
+            | Command::ChVote { .. }
+            | Command::ChMsg { .. }
+            | Command::AckChMsg { .. }
+            | Command::ChCommit { .. }
+            | Command::ChPull { .. }
+            | Command::ChMerge { .. }
+            | Command::ChAckReq { .. }) => self.dispatch_channel(conn, me, command, now, out),
             Command::AckMsg { from, msg_id } => {
                 let key = (me, from, msg_id);
                 match self.deliveries.remove(&key) {
@@ -362,6 +513,162 @@ impl Relay {
         }
     }
 
+    /// Channel commands (PROTOCOL.md §7).
+    fn dispatch_channel(
+        &mut self,
+        conn: ConnId,
+        me: Ulid,
+        command: Command,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), ProtoError> {
+        match command {
+            Command::ChNew { name } => self.create_channel(me, name, now, out),
+            Command::ChJoin { id } => {
+                self.with_channel(id, out, |c, o| c.join(me, o))?;
+                self.memberships.entry(me).or_default().insert(id);
+                Ok(())
+            }
+            Command::ChLeave { id } => {
+                self.with_channel(id, out, |c, o| c.leave(me, o))?;
+                if let Some(set) = self.memberships.get_mut(&me) {
+                    set.remove(&id);
+                }
+                Ok(())
+            }
+            Command::ChLst => {
+                let mut entries: Vec<_> = self.channels.values().map(Channel::list_entry).collect();
+                entries.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()));
+                let per_page = self.per_page(CHANNEL_ENTRY_MAX);
+                for frame in pages(entries, per_page, |channels, more| Outbound::event(&LstCh { channels, more })) {
+                    out.push(Effect::Send { conn, frame });
+                }
+                Ok(())
+            }
+            Command::ChLead { channel, election } => self.with_channel(channel, out, |c, o| c.lead(me, election, o)),
+            Command::ChVote { channel, election, user } => {
+                self.with_channel(channel, out, |c, o| c.vote(me, election, user, o))
+            }
+            Command::ChMsg { id, msg_id, msg } => self.with_channel(id, out, |c, o| c.message(me, msg_id, msg, now, o)),
+            Command::AckChMsg { id } => {
+                let channel = self.channel_knowing(me, |c| c.knows(&id))?;
+                self.with_channel(channel, out, |c, o| c.ack(me, id, o))
+            }
+            Command::ChCommit { id, acks } => {
+                let channel = self.channel_knowing(me, |c| c.knows(&id))?;
+                self.with_channel(channel, out, |c, o| c.commit(me, id, &acks, o))
+            }
+            Command::ChAckReq { id, users } => {
+                let channel = self.channel_knowing(me, |c| c.has_merge(&id))?;
+                self.with_channel(channel, out, |c, o| c.ack_request(me, id, &users, o))
+            }
+            Command::ChMerge { id, msg } => self.with_channel(id, out, |c, o| c.merge(me, msg, now, o)),
+            Command::ChPull { id, anchor } => {
+                let c = self.channels.get(&id).ok_or_else(no_such_channel)?;
+                if !c.is_member(&me) {
+                    return Err(ProtoError::new(ErrorCode::NotMember, "you are not a member of this channel"));
+                }
+                let after_seq = match anchor {
+                    None => 0,
+                    Some(a) => c.seq_of(&a).ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "unknown anchor"))?,
+                };
+                out.push(Effect::Pull { conn, channel: id, anchor, after_seq, limit: self.limits.pull_page });
+                Ok(())
+            }
+            other => {
+                Err(ProtoError::new(ErrorCode::UnknownCommand, format!("{} is not a channel command", other.name())))
+            }
+        }
+    }
+
+    fn create_channel(&mut self, me: Ulid, name: String, now: u64, out: &mut Vec<Effect>) -> Result<(), ProtoError> {
+        if !valid_channel_name(&name) {
+            return Err(ProtoError::new(
+                ErrorCode::BadPayload,
+                format!("invalid channel name: use 1 to {MAX_CHANNEL_NAME_LEN} of A-Z a-z 0-9 _ . - #"),
+            ));
+        }
+        let key = name.to_ascii_lowercase();
+        if self.channel_names.contains_key(&key) {
+            return Err(ProtoError::new(ErrorCode::NameTaken, "a channel with that name exists"));
+        }
+        let id = Ulid::new();
+        let mut channel = Channel::new(id, name, self.limits.channel_limits());
+        let mut effects = std::mem::take(&mut self.channel_out);
+        channel.create(me, now, &mut effects);
+        self.channels.insert(id, channel);
+        self.channel_names.insert(key, id);
+        self.memberships.entry(me).or_default().insert(id);
+        self.route(&mut effects, out);
+        self.channel_out = effects;
+        Ok(())
+    }
+
+    /// The one of `me`'s channels for which `pick` holds.
+    fn channel_knowing(&self, me: Ulid, pick: impl Fn(&Channel) -> bool) -> Result<Ulid, ProtoError> {
+        self.memberships
+            .get(&me)
+            .into_iter()
+            .flatten()
+            .find(|id| self.channels.get(id).is_some_and(&pick))
+            .copied()
+            .ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "no such message in your channels"))
+    }
+
+    /// Runs `f` on a channel and routes what it emits.
+    fn with_channel(
+        &mut self,
+        id: Ulid,
+        out: &mut Vec<Effect>,
+        f: impl FnOnce(&mut Channel, &mut Vec<ChannelEffect>) -> Result<(), ProtoError>,
+    ) -> Result<(), ProtoError> {
+        let channel = self.channels.get_mut(&id).ok_or_else(no_such_channel)?;
+        let mut effects = std::mem::take(&mut self.channel_out);
+        let result = f(channel, &mut effects);
+        self.route(&mut effects, out);
+        self.channel_out = effects;
+        result
+    }
+
+    /// Turns user-addressed channel output into connection-addressed effects.
+    fn route(&self, effects: &mut Vec<ChannelEffect>, out: &mut Vec<Effect>) {
+        for effect in effects.drain(..) {
+            match effect {
+                ChannelEffect::Send { to, frame } => {
+                    if let Some(&conn) = self.online.get(&to) {
+                        out.push(Effect::Send { conn, frame });
+                    }
+                }
+                ChannelEffect::Store(op) => out.push(Effect::Store(op)),
+            }
+        }
+    }
+
+    /// How many list entries of at most `entry_max` bytes fit one frame.
+    fn per_page(&self, entry_max: usize) -> usize {
+        (self.limits.max_payload.saturating_sub(32) / entry_max).max(1)
+    }
+
+    /// A `CH_APPEND` page within `max_payload`: entries that do not fit are
+    /// left for the next pull (`more` is then true).
+    fn append_page(
+        &self,
+        channel: Ulid,
+        anchor: Option<Ulid>,
+        mut entries: Vec<HistoryEntry>,
+        mut more: bool,
+    ) -> Outbound {
+        loop {
+            let frame = Outbound::event(&ChAppend { id: channel, anchor, messages: entries.clone(), more });
+            if frame.payload.len() <= self.limits.max_payload || entries.len() <= 1 {
+                return frame;
+            }
+            let keep = (entries.len() / 2).max(1);
+            entries.truncate(keep);
+            more = true;
+        }
+    }
+
     /// `USR_LST` split into frames that each fit `max_payload`; all but the
     /// last have `more: true`. Sorted by name, ignoring case.
     fn user_list_pages(&self) -> Vec<Outbound> {
@@ -374,20 +681,7 @@ impl Relay {
             })
             .collect();
         users.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()).then(a.id.cmp(&b.id)));
-        // An entry encodes to at most USER_ENTRY_MAX bytes; the envelope to a few.
-        let per_page = ((self.limits.max_payload.saturating_sub(16)) / USER_ENTRY_MAX).max(1);
-        let mut pages: Vec<Outbound> = users
-            .chunks(per_page)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let more = (i + 1) * per_page < users.len();
-                Outbound::event(&UsrLst { users: chunk.to_vec(), more })
-            })
-            .collect();
-        if pages.is_empty() {
-            pages.push(Outbound::event(&UsrLst { users: Vec::new(), more: false }));
-        }
-        pages
+        pages(users, self.per_page(USER_ENTRY_MAX), |users, more| Outbound::event(&UsrLst { users, more }))
     }
 
     /// The connection of a user who must exist and be online.

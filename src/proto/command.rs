@@ -1,10 +1,13 @@
 //! Client → server commands: their payloads on the wire and their parsed form.
 //!
-//! Every signed payload carries `nonce` and `timestamp` (PROTOCOL.md §4). The
-//! wire structs here are used both to parse (server) and to build (client), so
-//! the two sides cannot drift apart. Parsing never copies a message body.
+//! Every signed payload carries `nonce` and `timestamp` (PROTOCOL.md §4). One
+//! body struct per command serves both directions: the server parses it (with
+//! message bodies borrowed, then shared as `Bytes` slices: never copied) and
+//! the client library encodes it, so the two sides cannot drift apart.
 
 use bytes::Bytes;
+use rmpv::Value;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
@@ -23,36 +26,113 @@ pub struct Envelope {
     pub timestamp: u64,
 }
 
-#[derive(Deserialize)]
-struct CnnWire {
+#[derive(Serialize, Deserialize)]
+struct IdBody {
     #[serde(deserialize_with = "id::strict")]
     id: Ulid,
-    nonce: u64,
-    timestamp: u64,
 }
 
-#[derive(Deserialize)]
-struct ToWire {
+#[derive(Serialize, Deserialize)]
+struct ToBody {
     #[serde(deserialize_with = "id::strict")]
     to: Ulid,
 }
 
-#[derive(Deserialize)]
-struct PvMsgWire<'a> {
+#[derive(Serialize, Deserialize)]
+struct PvMsgBody<B> {
     #[serde(deserialize_with = "id::strict")]
     to: Ulid,
     #[serde(deserialize_with = "id::strict")]
     msg_id: Ulid,
-    #[serde(borrow)]
-    msg: BodyRef<'a>,
+    msg: B,
 }
 
-#[derive(Deserialize)]
-struct AckMsgWire {
+#[derive(Serialize, Deserialize)]
+struct AckMsgBody {
     #[serde(deserialize_with = "id::strict")]
     from: Ulid,
     #[serde(deserialize_with = "id::strict")]
     msg_id: Ulid,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChNewBody {
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChLeadBody {
+    #[serde(deserialize_with = "id::strict")]
+    channel: Ulid,
+    election: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChVoteBody {
+    #[serde(deserialize_with = "id::strict")]
+    channel: Ulid,
+    election: u64,
+    #[serde(deserialize_with = "id::strict")]
+    user: Ulid,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChMsgBody<B> {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    #[serde(deserialize_with = "id::strict")]
+    msg_id: Ulid,
+    msg: B,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChCommitBody {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    #[serde(deserialize_with = "id::strict_vec")]
+    acks: Vec<Ulid>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChPullBody {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    /// nil (or absent) = from the start.
+    #[serde(default, deserialize_with = "id::strict_opt")]
+    anchor: Option<Ulid>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChMergeBody<B> {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    msg: Vec<MergedMessage<B>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChAckReqBody {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    #[serde(deserialize_with = "id::strict_vec")]
+    users: Vec<Ulid>,
+}
+
+/// A committed message as a client reports it in `CH_MERGE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedMessage<B = Body> {
+    /// The message id.
+    #[serde(deserialize_with = "id::strict")]
+    pub id: Ulid,
+    /// Its sender.
+    #[serde(deserialize_with = "id::strict")]
+    pub from: Ulid,
+    /// Its commit-time timestamp.
+    pub timestamp: u64,
+    /// Its content.
+    pub msg: B,
+    /// Who acknowledged it.
+    #[serde(deserialize_with = "id::strict_vec")]
+    pub acks: Vec<Ulid>,
 }
 
 /// A parsed client command (without its envelope).
@@ -92,6 +172,81 @@ pub enum Command {
         /// The message.
         msg_id: Ulid,
     },
+    /// `CH_NEW {name}`: create a channel.
+    ChNew {
+        /// Its unique name.
+        name: String,
+    },
+    /// `CH_JOIN {id}`: become a member.
+    ChJoin {
+        /// The channel.
+        id: Ulid,
+    },
+    /// `CH_LEAVE {id}`: stop being a member.
+    ChLeave {
+        /// The channel.
+        id: Ulid,
+    },
+    /// `CH_LST {}`: ask for `LST_CH`.
+    ChLst,
+    /// `CH_LEAD {channel, election}`: stand for election.
+    ChLead {
+        /// The channel.
+        channel: Ulid,
+        /// The new election number.
+        election: u64,
+    },
+    /// `CH_VOTE {channel, election, user}`: vote for `user`.
+    ChVote {
+        /// The channel.
+        channel: Ulid,
+        /// The election.
+        election: u64,
+        /// The candidate.
+        user: Ulid,
+    },
+    /// `CH_MSG {id, msg_id, msg}`: send to a channel.
+    ChMsg {
+        /// The channel.
+        id: Ulid,
+        /// Client-chosen ULID.
+        msg_id: Ulid,
+        /// Content.
+        msg: Body,
+    },
+    /// `ACK_CH_MSG {id}`: acknowledge (or confirm a merged) channel message.
+    AckChMsg {
+        /// The message.
+        id: Ulid,
+    },
+    /// `CH_COMMIT {id, acks}`: the leader commits a message.
+    ChCommit {
+        /// The message.
+        id: Ulid,
+        /// The users whose acks make the majority.
+        acks: Vec<Ulid>,
+    },
+    /// `CH_PULL {id, anchor}`: ask for history after `anchor`.
+    ChPull {
+        /// The channel.
+        id: Ulid,
+        /// The last message the client has, or nil for the start.
+        anchor: Option<Ulid>,
+    },
+    /// `CH_MERGE {id, msg}`: committed messages the client has and the server may lack.
+    ChMerge {
+        /// The channel.
+        id: Ulid,
+        /// The messages.
+        msg: Vec<MergedMessage>,
+    },
+    /// `CH_ACK_REQ {id, users}`: the leader asks for confirmations of a merge.
+    ChAckReq {
+        /// The merged message.
+        id: Ulid,
+        /// Whom to ask.
+        users: Vec<Ulid>,
+    },
 }
 
 /// A command with its envelope.
@@ -117,6 +272,10 @@ fn bad_payload(command: &str, e: impl std::fmt::Display) -> ProtoError {
     ProtoError::new(ErrorCode::BadPayload, format!("{command}: {e}"))
 }
 
+fn body_of(b: BodyRef<'_>, payload: &Bytes) -> Body {
+    Body::from_ref(b, payload)
+}
+
 impl Request {
     /// Parses a signed client frame's payload.
     pub fn parse(name: &CommandName, payload: &Bytes) -> Result<Request, ParseFailure> {
@@ -126,27 +285,67 @@ impl Request {
             rmp_serde::from_slice(payload).map_err(|e| fail(bad_payload(name.as_str(), e), None))?;
         let body =
             |e: rmp_serde::decode::Error| fail(bad_payload(name.as_str(), e).with_ref(envelope.nonce), Some(envelope));
+        fn de<T: DeserializeOwned>(payload: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+            rmp_serde::from_slice(payload)
+        }
         let command = match name.as_str() {
-            "CNN" => {
-                let w: CnnWire = rmp_serde::from_slice(payload).map_err(body)?;
-                let _ = (w.nonce, w.timestamp);
-                Command::Cnn { id: w.id }
-            }
+            "CNN" => Command::Cnn { id: de::<IdBody>(payload).map_err(body)?.id },
             "KALIVE" => Command::Kalive,
             "DCNN" => Command::Dcnn,
             "INFO" => Command::Info,
             "LST_USR" => Command::LstUsr,
-            "CNN_USR" => {
-                let w: ToWire = rmp_serde::from_slice(payload).map_err(body)?;
-                Command::CnnUsr { to: w.to }
-            }
+            "CNN_USR" => Command::CnnUsr { to: de::<ToBody>(payload).map_err(body)?.to },
             "PV_MSG" => {
-                let w: PvMsgWire<'_> = rmp_serde::from_slice(payload).map_err(body)?;
-                Command::PvMsg { to: w.to, msg_id: w.msg_id, msg: Body::from_ref(w.msg, payload) }
+                let w: PvMsgBody<BodyRef<'_>> = rmp_serde::from_slice(payload).map_err(body)?;
+                Command::PvMsg { to: w.to, msg_id: w.msg_id, msg: body_of(w.msg, payload) }
             }
             "ACK_MSG" => {
-                let w: AckMsgWire = rmp_serde::from_slice(payload).map_err(body)?;
+                let w: AckMsgBody = de(payload).map_err(body)?;
                 Command::AckMsg { from: w.from, msg_id: w.msg_id }
+            }
+            "CH_NEW" => Command::ChNew { name: de::<ChNewBody>(payload).map_err(body)?.name },
+            "CH_JOIN" => Command::ChJoin { id: de::<IdBody>(payload).map_err(body)?.id },
+            "CH_LEAVE" => Command::ChLeave { id: de::<IdBody>(payload).map_err(body)?.id },
+            "CH_LST" => Command::ChLst,
+            "CH_LEAD" => {
+                let w: ChLeadBody = de(payload).map_err(body)?;
+                Command::ChLead { channel: w.channel, election: w.election }
+            }
+            "CH_VOTE" => {
+                let w: ChVoteBody = de(payload).map_err(body)?;
+                Command::ChVote { channel: w.channel, election: w.election, user: w.user }
+            }
+            "CH_MSG" => {
+                let w: ChMsgBody<BodyRef<'_>> = rmp_serde::from_slice(payload).map_err(body)?;
+                Command::ChMsg { id: w.id, msg_id: w.msg_id, msg: body_of(w.msg, payload) }
+            }
+            "ACK_CH_MSG" => Command::AckChMsg { id: de::<IdBody>(payload).map_err(body)?.id },
+            "CH_COMMIT" => {
+                let w: ChCommitBody = de(payload).map_err(body)?;
+                Command::ChCommit { id: w.id, acks: w.acks }
+            }
+            "CH_PULL" => {
+                let w: ChPullBody = de(payload).map_err(body)?;
+                Command::ChPull { id: w.id, anchor: w.anchor }
+            }
+            "CH_MERGE" => {
+                let w: ChMergeBody<BodyRef<'_>> = rmp_serde::from_slice(payload).map_err(body)?;
+                let msg = w
+                    .msg
+                    .into_iter()
+                    .map(|m| MergedMessage {
+                        id: m.id,
+                        from: m.from,
+                        timestamp: m.timestamp,
+                        msg: body_of(m.msg, payload),
+                        acks: m.acks,
+                    })
+                    .collect();
+                Command::ChMerge { id: w.id, msg }
+            }
+            "CH_ACK_REQ" => {
+                let w: ChAckReqBody = de(payload).map_err(body)?;
+                Command::ChAckReq { id: w.id, users: w.users }
             }
             other => {
                 let e = ProtoError::new(ErrorCode::UnknownCommand, format!("unknown command {other}"));
@@ -158,48 +357,46 @@ impl Request {
 
     /// Encodes this request as `(COMMAND, payload)`, for clients.
     pub fn encode(&self) -> (&'static str, Vec<u8>) {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<&'a Ulid>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            to: Option<&'a Ulid>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            from: Option<&'a Ulid>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            msg_id: Option<&'a Ulid>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            msg: Option<BodyRef<'a>>,
-            nonce: u64,
-            timestamp: u64,
-        }
-        let mut out = Out {
-            id: None,
-            to: None,
-            from: None,
-            msg_id: None,
-            msg: None,
-            nonce: self.envelope.nonce,
-            timestamp: self.envelope.timestamp,
+        let c = &self.command;
+        let body = match c {
+            Command::Kalive | Command::Dcnn | Command::Info | Command::LstUsr | Command::ChLst => {
+                Some(Value::Map(vec![]))
+            }
+            Command::Cnn { id } | Command::ChJoin { id } | Command::ChLeave { id } | Command::AckChMsg { id } => {
+                named(IdBody { id: *id })
+            }
+            Command::CnnUsr { to } => named(ToBody { to: *to }),
+            Command::PvMsg { to, msg_id, msg } => named(PvMsgBody { to: *to, msg_id: *msg_id, msg }),
+            Command::AckMsg { from, msg_id } => named(AckMsgBody { from: *from, msg_id: *msg_id }),
+            Command::ChNew { name } => named(ChNewBody { name: name.clone() }),
+            Command::ChLead { channel, election } => named(ChLeadBody { channel: *channel, election: *election }),
+            Command::ChVote { channel, election, user } => {
+                named(ChVoteBody { channel: *channel, election: *election, user: *user })
+            }
+            Command::ChMsg { id, msg_id, msg } => named(ChMsgBody { id: *id, msg_id: *msg_id, msg }),
+            Command::ChCommit { id, acks } => named(ChCommitBody { id: *id, acks: acks.clone() }),
+            Command::ChPull { id, anchor } => named(ChPullBody { id: *id, anchor: *anchor }),
+            Command::ChMerge { id, msg } => named(ChMergeBody { id: *id, msg: msg.clone() }),
+            Command::ChAckReq { id, users } => named(ChAckReqBody { id: *id, users: users.clone() }),
         };
-        let name = self.command.name();
-        match &self.command {
-            Command::Cnn { id } => out.id = Some(id),
-            Command::Kalive | Command::Dcnn | Command::Info | Command::LstUsr => {}
-            Command::CnnUsr { to } => out.to = Some(to),
-            Command::PvMsg { to, msg_id, msg } => {
-                out.to = Some(to);
-                out.msg_id = Some(msg_id);
-                out.msg = Some(msg.into());
-            }
-            Command::AckMsg { from, msg_id } => {
-                out.from = Some(from);
-                out.msg_id = Some(msg_id);
-            }
-        }
-        // Serializing plain structs to a Vec cannot fail.
-        (name, rmp_serde::to_vec_named(&out).unwrap_or_default())
+        // Plain structs always encode; bin bodies stay bin.
+        let mut map = match body {
+            Some(Value::Map(m)) => m,
+            _ => Vec::new(),
+        };
+        map.push((Value::from("nonce"), Value::from(self.envelope.nonce)));
+        map.push((Value::from("timestamp"), Value::from(self.envelope.timestamp)));
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut out, &Value::Map(map));
+        (c.name(), out)
     }
+}
+
+/// A struct as a msgpack map value with named fields.
+fn named<T: Serialize>(body: T) -> Option<Value> {
+    let bytes = rmp_serde::to_vec_named(&body).ok()?;
+    rmpv::decode::read_value(&mut &bytes[..]).ok()
 }
 
 impl Command {
@@ -214,6 +411,18 @@ impl Command {
             Command::CnnUsr { .. } => "CNN_USR",
             Command::PvMsg { .. } => "PV_MSG",
             Command::AckMsg { .. } => "ACK_MSG",
+            Command::ChNew { .. } => "CH_NEW",
+            Command::ChJoin { .. } => "CH_JOIN",
+            Command::ChLeave { .. } => "CH_LEAVE",
+            Command::ChLst => "CH_LST",
+            Command::ChLead { .. } => "CH_LEAD",
+            Command::ChVote { .. } => "CH_VOTE",
+            Command::ChMsg { .. } => "CH_MSG",
+            Command::AckChMsg { .. } => "ACK_CH_MSG",
+            Command::ChCommit { .. } => "CH_COMMIT",
+            Command::ChPull { .. } => "CH_PULL",
+            Command::ChMerge { .. } => "CH_MERGE",
+            Command::ChAckReq { .. } => "CH_ACK_REQ",
         }
     }
 }
@@ -242,18 +451,34 @@ mod tests {
         roundtrip(Command::PvMsg { to: a, msg_id: b, msg: Body::text("héllo") });
         roundtrip(Command::PvMsg { to: a, msg_id: b, msg: Body::binary(vec![0u8, 255]) });
         roundtrip(Command::AckMsg { from: a, msg_id: b });
+        roundtrip(Command::ChNew { name: "general".into() });
+        roundtrip(Command::ChJoin { id: a });
+        roundtrip(Command::ChLeave { id: a });
+        roundtrip(Command::ChLst);
+        roundtrip(Command::ChLead { channel: a, election: u64::MAX });
+        roundtrip(Command::ChVote { channel: a, election: 3, user: b });
+        roundtrip(Command::ChMsg { id: a, msg_id: b, msg: Body::binary(vec![1u8; 40]) });
+        roundtrip(Command::AckChMsg { id: b });
+        roundtrip(Command::ChCommit { id: b, acks: vec![a, b] });
+        roundtrip(Command::ChPull { id: a, anchor: None });
+        roundtrip(Command::ChPull { id: a, anchor: Some(b) });
+        roundtrip(Command::ChMerge {
+            id: a,
+            msg: vec![MergedMessage { id: b, from: a, timestamp: 5, msg: Body::text("m"), acks: vec![a] }],
+        });
+        roundtrip(Command::ChAckReq { id: b, users: vec![a] });
     }
 
     #[test]
     fn body_is_shared_not_copied() {
         let req = Request {
             envelope: Envelope { nonce: 1, timestamp: 2 },
-            command: Command::PvMsg { to: Ulid::nil(), msg_id: Ulid::nil(), msg: Body::text("x".repeat(100)) },
+            command: Command::ChMsg { id: Ulid::nil(), msg_id: Ulid::nil(), msg: Body::text("x".repeat(100)) },
         };
         let (_, payload) = req.encode();
         let payload = Bytes::from(payload);
-        let parsed = Request::parse(&CommandName::new(b"PV_MSG").unwrap(), &payload).unwrap();
-        let Command::PvMsg { msg, .. } = parsed.command else { panic!("not PV_MSG") };
+        let parsed = Request::parse(&CommandName::new(b"CH_MSG").unwrap(), &payload).unwrap();
+        let Command::ChMsg { msg, .. } = parsed.command else { panic!("not CH_MSG") };
         let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
         assert!(range.contains(&(msg.bytes.as_ptr() as usize)));
     }
@@ -270,5 +495,8 @@ mod tests {
         let f = Request::parse(&CommandName::new(b"KALIVE").unwrap(), &Bytes::from_static(&[0x80])).unwrap_err();
         assert_eq!(f.error.code, ErrorCode::BadPayload);
         assert_eq!(f.envelope, None);
+        // An absent anchor is nil.
+        let f = Request::parse(&CommandName::new(b"CH_PULL").unwrap(), &payload).unwrap_err();
+        assert_eq!(f.error.code, ErrorCode::BadPayload, "id is still required");
     }
 }

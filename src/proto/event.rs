@@ -174,6 +174,170 @@ pub struct MsgAck {
 }
 event!(MsgAck, "MSG_ACK");
 
+/// `CH_UJOIN` / `CH_ULEAVE` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelUser {
+    /// The channel.
+    pub channel: Ulid,
+    /// The user who joined or left.
+    pub user: Ulid,
+}
+
+/// `CH_UJOIN`: a user joined a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChUjoin(pub ChannelUser);
+event!(ChUjoin, "CH_UJOIN");
+
+/// `CH_ULEAVE`: a user left a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChUleave(pub ChannelUser);
+event!(ChUleave, "CH_ULEAVE");
+
+/// `CH_STATUS`: a channel's leader, health, election and online count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChStatus {
+    /// The channel.
+    pub id: Ulid,
+    /// Its name.
+    pub name: String,
+    /// Its leader, nil when it has none.
+    pub leader: Option<Ulid>,
+    /// `"healthy"` or `"unhealthy"`.
+    pub status: String,
+    /// The current election number (0 before the first).
+    pub election: u64,
+    /// Online members.
+    pub online: u64,
+}
+event!(ChStatus, "CH_STATUS");
+
+/// One channel in `LST_CH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEntry {
+    /// The channel.
+    pub id: Ulid,
+    /// Its name.
+    pub name: String,
+    /// Its leader, nil when it has none.
+    pub leader: Option<Ulid>,
+    /// `"healthy"` or `"unhealthy"`.
+    pub status: String,
+}
+
+/// `LST_CH`: every channel, in one or more pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LstCh {
+    /// Channels (this page).
+    pub channels: Vec<ChannelEntry>,
+    /// True when another `LST_CH` page follows.
+    #[serde(default)]
+    pub more: bool,
+}
+event!(LstCh, "LST_CH");
+
+/// `CH_VOTE` (server → client): a candidate asks for votes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChVoteRequest {
+    /// The channel.
+    pub channel: Ulid,
+    /// The election.
+    pub election: u64,
+    /// The candidate.
+    pub user: Ulid,
+}
+event!(ChVoteRequest, "CH_VOTE");
+
+/// `CH_ELECTED`: an election chose a leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChElected {
+    /// The channel.
+    pub channel: Ulid,
+    /// The election.
+    pub election: u64,
+    /// The new leader.
+    pub leader: Ulid,
+}
+event!(ChElected, "CH_ELECTED");
+
+/// `CH_MSG` (server → client): a channel message, pending until committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMsg {
+    /// The channel.
+    pub id: Ulid,
+    /// The message.
+    pub msg_id: Ulid,
+    /// Content, unchanged.
+    pub msg: Body,
+    /// The sender.
+    pub from: Ulid,
+    /// Server time of relay, unix seconds.
+    pub timestamp: u64,
+}
+event!(ChMsg, "CH_MSG");
+
+/// `CH_MSG_ACK`: a recipient acknowledged a channel message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMsgAck {
+    /// The message.
+    pub id: Ulid,
+    /// Who acknowledged it.
+    pub user: Ulid,
+}
+event!(ChMsgAck, "CH_MSG_ACK");
+
+/// `CH_MSG_COMMIT`: a message is durably in the channel's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMsgCommit {
+    /// The message.
+    pub id: Ulid,
+    /// The channel.
+    pub channel: Ulid,
+    /// The acks the commit rests on.
+    pub acks: Vec<Ulid>,
+}
+event!(ChMsgCommit, "CH_MSG_COMMIT");
+
+/// One committed message in `CH_APPEND`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The message.
+    pub id: Ulid,
+    /// Its sender.
+    pub from: Ulid,
+    /// Content.
+    pub msg: Body,
+    /// Server time of relay.
+    pub timestamp: u64,
+    /// The acks its commit rests on.
+    pub acks: Vec<Ulid>,
+}
+
+/// `CH_APPEND`: committed history after `anchor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChAppend {
+    /// The channel.
+    pub id: Ulid,
+    /// The message these follow; nil for the start of history.
+    pub anchor: Option<Ulid>,
+    /// Messages in commit order.
+    pub messages: Vec<HistoryEntry>,
+    /// True when more history follows this page.
+    pub more: bool,
+}
+event!(ChAppend, "CH_APPEND");
+
+/// `CH_MSG_CONFIRM`: confirm (with `ACK_CH_MSG`) that a merged message was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMsgConfirm {
+    /// The channel.
+    pub id: Ulid,
+    /// The message to confirm.
+    pub message: Ulid,
+}
+event!(ChMsgConfirm, "CH_MSG_CONFIRM");
+
 /// `ERR`: an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrPayload {
@@ -236,6 +400,28 @@ pub enum ServerEvent {
     Msg(Msg),
     /// `MSG_ACK`.
     MsgAck(MsgAck),
+    /// `CH_UJOIN`.
+    ChUjoin(ChannelUser),
+    /// `CH_ULEAVE`.
+    ChUleave(ChannelUser),
+    /// `CH_STATUS`.
+    ChStatus(ChStatus),
+    /// `LST_CH`.
+    LstCh(LstCh),
+    /// `CH_VOTE`.
+    ChVote(ChVoteRequest),
+    /// `CH_ELECTED`.
+    ChElected(ChElected),
+    /// `CH_MSG`.
+    ChMsg(ChMsg),
+    /// `CH_MSG_ACK`.
+    ChMsgAck(ChMsgAck),
+    /// `CH_MSG_COMMIT`.
+    ChMsgCommit(ChMsgCommit),
+    /// `CH_APPEND`.
+    ChAppend(ChAppend),
+    /// `CH_MSG_CONFIRM`.
+    ChMsgConfirm(ChMsgConfirm),
     /// `ERR`.
     Err(ErrPayload),
     /// A command this client version does not know (forward compatibility).
@@ -276,6 +462,17 @@ impl ServerEvent {
             "USR_HSK" => ServerEvent::UsrHsk(de(command, payload)?),
             "MSG" => ServerEvent::Msg(de(command, payload)?),
             "MSG_ACK" => ServerEvent::MsgAck(de(command, payload)?),
+            "CH_UJOIN" => ServerEvent::ChUjoin(de(command, payload)?),
+            "CH_ULEAVE" => ServerEvent::ChUleave(de(command, payload)?),
+            "CH_STATUS" => ServerEvent::ChStatus(de(command, payload)?),
+            "LST_CH" => ServerEvent::LstCh(de(command, payload)?),
+            "CH_VOTE" => ServerEvent::ChVote(de(command, payload)?),
+            "CH_ELECTED" => ServerEvent::ChElected(de(command, payload)?),
+            "CH_MSG" => ServerEvent::ChMsg(de(command, payload)?),
+            "CH_MSG_ACK" => ServerEvent::ChMsgAck(de(command, payload)?),
+            "CH_MSG_COMMIT" => ServerEvent::ChMsgCommit(de(command, payload)?),
+            "CH_APPEND" => ServerEvent::ChAppend(de(command, payload)?),
+            "CH_MSG_CONFIRM" => ServerEvent::ChMsgConfirm(de(command, payload)?),
             "ERR" => ServerEvent::Err(de(command, payload)?),
             _ => ServerEvent::Other { command: command.to_owned(), payload: payload.clone() },
         })

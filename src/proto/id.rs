@@ -4,7 +4,7 @@
 //! would let two spellings name one id; this module refuses them.
 
 use serde::de::Visitor;
-use serde::Deserializer;
+use serde::{Deserialize, Deserializer};
 use ulid::Ulid;
 
 /// Parses an id (either case).
@@ -16,19 +16,40 @@ pub fn parse(text: &str) -> Option<Ulid> {
     Ulid::from_string(text).ok()
 }
 
+struct IdVisitor;
+
+impl Visitor<'_> for IdVisitor {
+    type Value = Ulid;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a ULID string")
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Ulid, E> {
+        parse(text).ok_or_else(|| E::custom(format!("not a ULID: {text:?}")))
+    }
+}
+
+/// A strictly parsed id, for use inside containers.
+struct Strict(Ulid);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(IdVisitor).map(Strict)
+    }
+}
+
 /// serde `deserialize_with` for one id: a msgpack `str` only (not `bin`).
 pub fn strict<'de, D: Deserializer<'de>>(d: D) -> Result<Ulid, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = Ulid;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a ULID string")
-        }
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Ulid, E> {
-            parse(text).ok_or_else(|| E::custom(format!("not a ULID: {text:?}")))
-        }
-    }
-    d.deserialize_str(V)
+    d.deserialize_str(IdVisitor)
+}
+
+/// serde `deserialize_with` for an id or nil.
+pub fn strict_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ulid>, D::Error> {
+    Ok(Option::<Strict>::deserialize(d)?.map(|s| s.0))
+}
+
+/// serde `deserialize_with` for a list of ids.
+pub fn strict_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ulid>, D::Error> {
+    Ok(Vec::<Strict>::deserialize(d)?.into_iter().map(|s| s.0).collect())
 }
 
 #[cfg(test)]

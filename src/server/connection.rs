@@ -1,17 +1,20 @@
 //! One TCP connection: a reader task and a writer task around a bounded queue.
 //!
 //! The reader decodes frames, runs the connection's [`Session`] and forwards
-//! what it means to the hub; it owns the CNN and idle timers. The writer signs
-//! each frame with the recipient's pre-keyed MAC and coalesces what is queued
-//! into one write. The hub never waits on a connection: a full queue is a slow
-//! consumer and is closed.
+//! what it means to the hub; it owns the CNN and idle timers. Every close the
+//! reader decides on (end of stream, a fatal error, a timeout) also goes
+//! through the hub, so it takes effect after the replies to the frames read
+//! before it. The writer signs each frame with the recipient's pre-keyed MAC
+//! and coalesces what is queued into one write. The hub never waits on a
+//! connection: a queue over its frame or byte bound is a slow consumer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -20,14 +23,16 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use super::hub::HubMsg;
-use super::Shared;
+use super::{now_unix, Shared, MAX_PAYLOAD_BEFORE_AUTH};
 use crate::core::{ConnId, Input, Session, SessionOutput};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
 use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame};
 
 /// Bytes gathered before a write is issued.
 const WRITE_BATCH: usize = 64 * 1024;
-/// How long a closing connection may take to flush its last frames.
+/// How long a closing connection may take to flush its last frames, and how
+/// long its unread input is drained so the kernel does not reset the socket
+/// (and destroy the final `ERR`) on close.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a connection is closed.
@@ -39,19 +44,58 @@ pub enum CloseMode {
     Abort,
 }
 
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferError {
+    /// The queue is over its frame or byte bound: a slow consumer.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
 /// The shared side of a connection: its queue, its close signal, its MAC.
 #[derive(Debug)]
 pub struct ConnHandle {
-    /// The bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Outbound>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
     closing: CancellationToken,
     last: Mutex<Option<(Option<Outbound>, CloseMode)>>,
+    /// The MAC the session verified CNN with, until the relay accepts it.
+    pending_mac: Mutex<Option<FrameMac>>,
+    /// The MAC outbound frames are signed with, once the session is accepted.
     mac: OnceLock<FrameMac>,
 }
 
 impl ConnHandle {
-    fn new(tx: mpsc::Sender<Outbound>) -> Self {
-        Self { tx, closing: CancellationToken::new(), last: Mutex::new(None), mac: OnceLock::new() }
+    fn new(tx: mpsc::Sender<Outbound>, max_bytes: usize) -> Self {
+        Self {
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            closing: CancellationToken::new(),
+            last: Mutex::new(None),
+            pending_mac: Mutex::new(None),
+            mac: OnceLock::new(),
+        }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn offer(&self, frame: Outbound) -> Result<(), OfferError> {
+        let len = frame.payload.len();
+        // Counted before sending, so the writer's decrement never comes first.
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(OfferError::Full);
+        }
+        self.tx.try_send(frame).map_err(|e| {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => OfferError::Full,
+                mpsc::error::TrySendError::Closed(_) => OfferError::Closed,
+            }
+        })
     }
 
     /// Closes the connection, once: later calls are ignored.
@@ -62,6 +106,13 @@ impl ConnHandle {
             }
         }
         self.closing.cancel();
+    }
+
+    /// The relay accepted the session: sign from now on.
+    pub fn accept_mac(&self) {
+        if let Some(mac) = self.pending_mac.lock().ok().and_then(|mut m| m.take()) {
+            let _ = self.mac.set(mac);
+        }
     }
 
     fn take_close(&self) -> (Option<Outbound>, CloseMode) {
@@ -80,7 +131,8 @@ pub(super) async fn spawn(
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(1));
-    let handle = Arc::new(ConnHandle::new(tx));
+    let max_bytes = shared.config.outbound_bytes.max(shared.config.limits.max_payload);
+    let handle = Arc::new(ConnHandle::new(tx, max_bytes));
     // Registered before the reader runs, so the hub knows the handle before any input.
     if shared.hub.send(HubMsg::Register { conn, handle: handle.clone() }).await.is_err() {
         return;
@@ -90,8 +142,12 @@ pub(super) async fn spawn(
     shared.tracker.spawn(reader(shared.clone(), conn, handle, read, accepted, peer));
 }
 
-fn now_unix() -> u64 {
-    super::now_unix()
+/// How the reader loop ended.
+enum End {
+    /// Close through the hub, after what it has queued, with this last frame.
+    Close(Option<Outbound>, String),
+    /// The socket or the server is gone: nothing more to say.
+    Gone(String),
 }
 
 async fn reader(
@@ -103,35 +159,28 @@ async fn reader(
     peer: std::net::SocketAddr,
 ) {
     let limits = &shared.config.limits;
-    let mut framed = FramedRead::new(read, FrameCodec::new(limits.max_payload));
+    let mut framed = FramedRead::new(read, FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload)));
     let mut session = Session::new(limits.skew_s);
     let idle = Duration::from_millis(shared.config.idle_timeout_ms());
     let mut deadline = accepted + Duration::from_millis(shared.config.cnn_timeout_ms());
-    let reason: String = loop {
+    let fatal = |e: ProtoError| End::Close(Some(Outbound::error(&e)), e.to_string());
+    let end = loop {
         let frame = tokio::select! {
             biased;
-            _ = handle.closing.cancelled() => break "closed by server".into(),
+            _ = handle.closing.cancelled() => break End::Gone("closed by server".into()),
             _ = sleep_until(deadline) => {
                 let what = if session.account().is_some() { "idle for too long" } else { "no CNN in time" };
-                fatal(&handle, ProtoError::new(ErrorCode::Timeout, what));
-                break format!("timeout: {what}");
+                break fatal(ProtoError::new(ErrorCode::Timeout, what));
             }
             frame = framed.next() => frame,
         };
         let frame = match frame {
-            None => {
-                handle.close(None, CloseMode::Flush);
-                break "peer closed".into();
-            }
+            None => break End::Close(None, "peer closed".into()),
             Some(Err(FrameError::Io(e))) => {
                 handle.close(None, CloseMode::Abort);
-                break format!("read error: {e}");
+                break End::Gone(format!("read error: {e}"));
             }
-            Some(Err(e)) => {
-                let e = ProtoError::from(e);
-                fatal(&handle, e.clone());
-                break e.to_string();
-            }
+            Some(Err(e)) => break fatal(ProtoError::from(e)),
             Some(Ok(frame)) => frame,
         };
         let was_authenticated = session.account().is_some();
@@ -145,17 +194,17 @@ async fn reader(
                 if e.code == ErrorCode::AuthFailed {
                     tracing::info!(conn = conn.0, %peer, "authentication failed");
                 }
-                fatal(&handle, e.clone());
-                break e.to_string();
+                break fatal(e);
             }
             Ok(SessionOutput::Info) => {
                 reply_before_auth(&handle, shared.sinfo_unsigned.clone());
                 continue;
             }
             Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => {
-                if let Some(mac) = session.mac() {
-                    let _ = handle.mac.set(mac.clone());
+                if let (Some(mac), Ok(mut slot)) = (session.mac(), handle.pending_mac.lock()) {
+                    *slot = Some(mac.clone());
                 }
+                framed.decoder_mut().set_max_payload(limits.max_payload);
                 tracing::info!(conn = conn.0, %peer, %account, "authenticated");
                 deadline = Instant::now() + idle;
                 Input::Open { conn, account, key_rev, envelope }
@@ -168,26 +217,40 @@ async fn reader(
             Ok(SessionOutput::Request(request)) => Input::Request { conn, request },
         };
         if shared.hub.send(HubMsg::Input(input)).await.is_err() {
-            break "server stopping".into();
+            break End::Gone("server stopping".into());
         }
     };
     let account = session.account().map(|a| a.to_string()).unwrap_or_default();
+    let reason = match end {
+        End::Close(last, reason) => {
+            if shared.hub.send(HubMsg::Disconnect { conn, last: last.clone() }).await.is_err() {
+                handle.close(last, CloseMode::Flush);
+            }
+            reason
+        }
+        End::Gone(reason) => {
+            let _ = shared.hub.send(HubMsg::Disconnect { conn, last: None }).await;
+            reason
+        }
+    };
     tracing::info!(conn = conn.0, %peer, %account, %reason, "disconnected");
-    let _ = shared.hub.send(HubMsg::Input(Input::Closed { conn })).await;
+    // Read and drop what the peer still sends while the writer flushes, so
+    // closing with unread input does not reset the connection under the ERR.
+    let mut read = framed.into_inner();
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        let mut scratch = [0u8; 4096];
+        while matches!(read.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Queues an answer to an unauthenticated connection; one that asks faster
 /// than it reads is a slow consumer like any other.
 fn reply_before_auth(handle: &ConnHandle, frame: Outbound) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(frame) {
+    if handle.offer(frame) == Err(OfferError::Full) {
         let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
         handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
     }
-}
-
-/// Closes with a fatal error frame.
-fn fatal(handle: &ConnHandle, e: ProtoError) {
-    handle.close(Some(Outbound::error(&e)), CloseMode::Flush);
 }
 
 fn encode(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
@@ -196,6 +259,12 @@ fn encode(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
         _ => None,
     };
     encode_frame(&OutFrame { command: frame.command, signature: tag.as_ref(), payload: &frame.payload }, buf);
+}
+
+/// Takes a frame off the queue: its bytes no longer count against the bound.
+fn dequeued(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
+    handle.queued_bytes.fetch_sub(frame.payload.len(), Ordering::AcqRel);
+    encode(handle, frame, buf);
 }
 
 async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut write: OwnedWriteHalf) {
@@ -208,11 +277,11 @@ async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut w
                 item = rx.recv() => match item {
                     None => break,
                     Some(frame) => {
-                        encode(&handle, &frame, &mut buf);
+                        dequeued(&handle, &frame, &mut buf);
                         // Coalesce what is already queued into one write.
                         while buf.len() < WRITE_BATCH {
                             let Ok(frame) = rx.try_recv() else { break };
-                            encode(&handle, &frame, &mut buf);
+                            dequeued(&handle, &frame, &mut buf);
                         }
                     }
                 },
@@ -222,7 +291,11 @@ async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut w
                 biased;
                 _ = handle.closing.cancelled() => break,
                 written = write.write_buf(&mut buf) => match written {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        // The peer is gone: close, so the hub stops queueing for it.
+                        handle.close(None, CloseMode::Abort);
+                        return;
+                    }
                     Ok(_) => {}
                 },
             }
@@ -233,7 +306,7 @@ async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut w
     let (last, mode) = handle.take_close();
     if mode == CloseMode::Flush {
         while let Ok(frame) = rx.try_recv() {
-            encode(&handle, &frame, &mut buf);
+            dequeued(&handle, &frame, &mut buf);
         }
     }
     rx.close();

@@ -1,15 +1,18 @@
 //! The hub: one task that owns the [`Relay`] and every connection's handle.
 //!
 //! It feeds the relay its inputs in arrival order and carries out the effects.
-//! Sending never waits: `try_send` on a full queue closes that connection as a
-//! slow consumer, and the relay is told it is gone.
+//! Sending to a client never waits: `try_send` on a full queue closes that
+//! connection as a slow consumer, and the relay is told it is gone. Store work
+//! goes to the store thread's bounded queue; when the disk falls behind, the
+//! hub waits for it (backpressure), because store writes cannot be dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{CloseMode, ConnHandle};
+use super::connection::{CloseMode, ConnHandle, OfferError};
+use super::store_writer::StoreJob;
 use crate::core::{ConnId, Effect, Input, Relay};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
 
@@ -25,11 +28,26 @@ pub enum HubMsg {
     },
     /// An input for the relay.
     Input(Input),
+    /// The reader ends the connection: close it after what the hub queued
+    /// for it so far, with `last` (a fatal `ERR`), and tell the relay.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+        /// The final frame, if any.
+        last: Option<Outbound>,
+    },
     /// Close every connection with `ERR shutdown`, then answer.
     Shutdown(oneshot::Sender<()>),
+    /// The store failed: the server must stop.
+    StoreFailed(String),
 }
 
-pub(super) async fn run(mut relay: Relay, mut rx: mpsc::Receiver<HubMsg>) {
+pub(super) async fn run(
+    mut relay: Relay,
+    mut rx: mpsc::Receiver<HubMsg>,
+    store: mpsc::Sender<StoreJob>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
     let mut pending: VecDeque<Input> = VecDeque::new();
@@ -54,30 +72,65 @@ pub(super) async fn run(mut relay: Relay, mut rx: mpsc::Receiver<HubMsg>) {
                 break;
             }
             Some(HubMsg::Input(input)) => pending.push_back(input),
+            Some(HubMsg::Disconnect { conn, last }) => {
+                // Closed first, so this ERR wins over the relay's own close.
+                if let Some(handle) = conns.remove(&conn) {
+                    handle.close(last, CloseMode::Flush);
+                }
+                pending.push_back(Input::Closed { conn });
+            }
+            Some(HubMsg::StoreFailed(error)) => {
+                tracing::error!(%error, "the store failed: shutting down");
+                stop.cancel();
+            }
         }
         let now = super::now_unix();
         while let Some(input) = pending.pop_front() {
-            let closed = match &input {
-                Input::Closed { conn } => Some(*conn),
-                _ => None,
+            let (closed, opened) = match &input {
+                Input::Closed { conn } => (Some(*conn), None),
+                Input::Open { conn, .. } => (None, Some(*conn)),
+                _ => (None, None),
             };
             relay.step(input, now, &mut effects);
             if let Some(conn) = closed {
                 conns.remove(&conn);
             }
+            // Sign only once the relay accepted the CNN (nonce, key revision).
+            if let Some(conn) = opened.filter(|c| relay.account_of(*c).is_some()) {
+                if let Some(handle) = conns.get(&conn) {
+                    handle.accept_mac();
+                }
+            }
             for effect in effects.drain(..) {
                 match effect {
                     Effect::Send { conn, frame } => {
                         let Some(handle) = conns.get(&conn) else { continue };
-                        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(frame) {
-                            tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
-                            let e = ProtoError::new(
-                                ErrorCode::SlowConsumer,
-                                "outbound queue full: you are not reading fast enough",
-                            );
-                            handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
-                            conns.remove(&conn);
-                            pending.push_back(Input::Closed { conn });
+                        match handle.offer(frame) {
+                            Ok(()) => {}
+                            Err(OfferError::Full) => {
+                                tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
+                                let e = ProtoError::new(
+                                    ErrorCode::SlowConsumer,
+                                    "outbound queue full: you are not reading fast enough",
+                                );
+                                handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
+                                conns.remove(&conn);
+                                pending.push_back(Input::Closed { conn });
+                            }
+                            Err(OfferError::Closed) => {
+                                conns.remove(&conn);
+                                pending.push_back(Input::Closed { conn });
+                            }
+                        }
+                    }
+                    Effect::Store(op) => {
+                        if store.send(StoreJob::Write(op)).await.is_err() {
+                            stop.cancel();
+                        }
+                    }
+                    Effect::Pull { conn, channel, anchor, after_seq, limit } => {
+                        if store.send(StoreJob::Pull { conn, channel, anchor, after_seq, limit }).await.is_err() {
+                            stop.cancel();
                         }
                     }
                     Effect::Close { conn, last } => {

@@ -6,6 +6,7 @@
 
 pub mod connection;
 pub mod hub;
+pub mod store_writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,14 @@ use hub::HubMsg;
 
 /// Default outbound queue length per connection, in frames.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default outbound queue size per connection, in payload bytes.
+pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Largest LEN accepted before authentication: a CNN is about 100 bytes and
+/// an unsigned INFO's payload is ignored, so a stranger cannot make the
+/// server hold `max_payload` per connection.
+pub const MAX_PAYLOAD_BEFORE_AUTH: usize = 1024;
+/// Store jobs queued before the hub waits for the disk.
+pub const STORE_QUEUE: usize = 65_536;
 /// How often the account table is polled for changes.
 pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -40,6 +49,8 @@ pub struct Config {
     pub limits: Limits,
     /// Outbound queue length per connection (frames).
     pub outbound_queue: usize,
+    /// Outbound queue size per connection (payload bytes).
+    pub outbound_bytes: usize,
     /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
     pub cnn_timeout_ms: Option<u64>,
     /// Overrides `limits.timeout_s` with milliseconds (tests).
@@ -54,6 +65,7 @@ impl Config {
             db: db.into(),
             limits: Limits::default(),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
         }
@@ -132,6 +144,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::open(&config.db)?;
     let accounts = store.accounts()?;
     let accounts_rev = store.accounts_rev()?;
+    let channels = store.channel_snapshots()?;
+    let writer_store = Store::open(&config.db)?;
     let listener = TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
@@ -147,6 +161,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
         directory.insert(a.id, AccountKey { key: a.key.clone(), rev: a.key_rev });
     }
+    for snapshot in channels {
+        relay.restore_channel(snapshot);
+    }
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
         sinfo_unsigned: relay.sinfo().clone().unsigned(),
@@ -155,12 +172,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         hub: hub_tx,
         tracker: TaskTracker::new(),
     });
-    let hub_task = tokio::spawn(hub::run(relay, hub_rx));
     let stop = CancellationToken::new();
+    let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
+    let store_thread = store_writer::spawn(writer_store, store_rx, shared.hub.clone());
+    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, stop.clone()));
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, accounts_rev, stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
-    let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, watcher));
+    let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, vec![watcher, store_thread]));
     Ok(RunningServer { local_addr, stop, done })
 }
 
@@ -169,7 +188,7 @@ async fn serve(
     shared: Arc<Shared>,
     stop: CancellationToken,
     hub_task: tokio::task::JoinHandle<()>,
-    watcher: std::thread::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 ) {
     let mut next_conn = 0u64;
     loop {
@@ -196,8 +215,11 @@ async fn serve(
     }
     shared.tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+    // The hub's end closes the store queue; the store thread drains it and
+    // closes the database.
     let _ = hub_task.await;
-    let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+    drop(shared);
+    let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
     tracing::info!("stopped");
 }
 

@@ -1,20 +1,30 @@
-//! The embedded SQLite store: accounts (and, later, channels and history).
+//! The embedded SQLite store: accounts, channels, members, election numbers
+//! and the committed history.
 //!
 //! WAL mode with a busy timeout, so `sigil account ...` can write while a
 //! server runs on the same file; the server notices through
 //! [`Store::accounts_rev`], a counter every account change bumps in the same
-//! transaction. The database holds account secrets: it is created mode 0600.
+//! transaction. Channel writes come from the core as [`StoreOp`]s and are
+//! applied many at a time in one transaction ([`Store::apply`]): one fsync
+//! for a whole batch (group commit). The database holds account secrets: it
+//! is created mode 0600.
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use ulid::Ulid;
 
+use crate::core::{ChannelSnapshot, StoreOp};
+use crate::proto::event::HistoryEntry;
+use crate::proto::{Body, BodyKind};
 use crate::wire::{SecretKey, KEY_LEN};
 
 /// Longest account name.
 pub const MAX_NAME_LEN: usize = 32;
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +110,30 @@ impl Store {
                  key_rev INTEGER NOT NULL,
                  created_at INTEGER NOT NULL
              );
-             PRAGMA user_version = 1;
+             CREATE TABLE IF NOT EXISTS channels (
+                 id TEXT PRIMARY KEY,
+                 name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                 election INTEGER NOT NULL DEFAULT 0,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS members (
+                 channel TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+                 account TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                 PRIMARY KEY (channel, account)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS history (
+                 channel TEXT NOT NULL REFERENCES channels(id),
+                 seq INTEGER NOT NULL,
+                 msg_id TEXT NOT NULL,
+                 sender TEXT NOT NULL,
+                 timestamp INTEGER NOT NULL,
+                 kind INTEGER NOT NULL,
+                 body BLOB NOT NULL,
+                 acks TEXT NOT NULL,
+                 PRIMARY KEY (channel, seq)
+             ) WITHOUT ROWID;
+             CREATE UNIQUE INDEX IF NOT EXISTS history_msg ON history (channel, msg_id);
+             PRAGMA user_version = 2;
              COMMIT;",
         )?;
         Ok(Self { conn })
@@ -203,6 +236,142 @@ impl Store {
     pub fn data_version(&self) -> Result<i64, StoreError> {
         Ok(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
     }
+}
+
+impl Store {
+    /// Applies channel writes in one transaction: one fsync for all of them.
+    pub fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for op in ops {
+            match op {
+                StoreOp::CreateChannel { id, name, creator, created_at } => {
+                    tx.execute(
+                        "INSERT INTO channels (id, name, election, created_at) VALUES (?1, ?2, 0, ?3)",
+                        params![id.to_string(), name, created_at],
+                    )?;
+                    add_member(&tx, id, creator)?;
+                }
+                StoreOp::AddMember { channel, user } => add_member(&tx, channel, user)?,
+                StoreOp::RemoveMember { channel, user } => {
+                    tx.execute(
+                        "DELETE FROM members WHERE channel = ?1 AND account = ?2",
+                        params![channel.to_string(), user.to_string()],
+                    )?;
+                }
+                StoreOp::SetElection { channel, election } => {
+                    // Election numbers only grow, even if writes were ever reordered.
+                    tx.execute(
+                        "UPDATE channels SET election = max(election, ?1) WHERE id = ?2",
+                        params![i64::try_from(*election).unwrap_or(i64::MAX), channel.to_string()],
+                    )?;
+                }
+                StoreOp::Append { channel, seq, entry } => {
+                    let kind = match entry.msg.kind {
+                        BodyKind::Bin => 0,
+                        BodyKind::Str => 1,
+                    };
+                    let acks: Vec<String> = entry.acks.iter().map(Ulid::to_string).collect();
+                    tx.execute(
+                        "INSERT INTO history (channel, seq, msg_id, sender, timestamp, kind, body, acks)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            channel.to_string(),
+                            seq,
+                            entry.id.to_string(),
+                            entry.from.to_string(),
+                            entry.timestamp,
+                            kind,
+                            &entry.msg.bytes[..],
+                            acks.join(",")
+                        ],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every channel with its members, election number and committed ids.
+    pub fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
+        let mut channels: HashMap<String, ChannelSnapshot> = HashMap::new();
+        let mut stmt = self.conn.prepare("SELECT id, name, election FROM channels")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+            let (id, name, election) = row?;
+            let ulid = parse_id(&id)?;
+            let election = u64::try_from(election).map_err(|_| StoreError::Corrupt(format!("election of {id}")))?;
+            channels.insert(id, ChannelSnapshot { id: ulid, name, election, ..ChannelSnapshot::default() });
+        }
+        let mut stmt = self.conn.prepare("SELECT channel, account FROM members")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (channel, account) = row?;
+            if let Some(c) = channels.get_mut(&channel) {
+                c.members.insert(parse_id(&account)?);
+            }
+        }
+        let mut stmt = self.conn.prepare("SELECT channel, msg_id, seq FROM history ORDER BY channel, seq")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)))? {
+            let (channel, msg_id, seq) = row?;
+            if let Some(c) = channels.get_mut(&channel) {
+                c.history.push((parse_id(&msg_id)?, seq));
+            }
+        }
+        Ok(channels.into_values().collect())
+    }
+
+    /// Up to `limit` committed messages after position `after_seq`, in order,
+    /// and whether more follow.
+    pub fn history_after(
+        &self,
+        channel: &Ulid,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT msg_id, sender, timestamp, kind, body, acks FROM history
+             WHERE channel = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let want = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![channel.to_string(), after_seq, want], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, from, timestamp, kind, body, acks) = row?;
+            let kind = if kind == 1 { BodyKind::Str } else { BodyKind::Bin };
+            let acks = acks.split(',').filter(|a| !a.is_empty()).map(parse_id).collect::<Result<_, _>>()?;
+            out.push(HistoryEntry {
+                id: parse_id(&id)?,
+                from: parse_id(&from)?,
+                msg: Body { kind, bytes: Bytes::from(body) },
+                timestamp,
+                acks,
+            });
+        }
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+}
+
+fn parse_id(text: &str) -> Result<Ulid, StoreError> {
+    Ulid::from_string(text).map_err(|_| StoreError::Corrupt(format!("id {text:?}")))
+}
+
+fn add_member(tx: &rusqlite::Transaction<'_>, channel: &Ulid, user: &Ulid) -> Result<(), StoreError> {
+    // The account may have been removed meanwhile; then there is nothing to add.
+    tx.execute(
+        "INSERT OR IGNORE INTO members (channel, account) SELECT ?1, id FROM accounts WHERE id = ?2",
+        params![channel.to_string(), user.to_string()],
+    )?;
+    Ok(())
 }
 
 fn bump_rev(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {

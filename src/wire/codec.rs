@@ -130,14 +130,11 @@ impl FrameCodec {
         Self { max_payload, max_len_digits: max_payload.to_string().len(), state: State::Command, scanned: 0 }
     }
 
-    /// The configured `max_payload`.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
-    /// True when no frame is partly decoded (between frames).
-    pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Command) && self.scanned == 0
+    /// Changes the largest accepted LEN for the frames that follow (a frame
+    /// whose LEN was already accepted keeps it).
+    pub fn set_max_payload(&mut self, max_payload: usize) {
+        self.max_payload = max_payload;
+        self.max_len_digits = max_payload.to_string().len();
     }
 
     /// Scans the current header line. Returns the line length (without CR/LF)
@@ -166,13 +163,15 @@ impl FrameCodec {
                         self.scanned += 1;
                         continue;
                     }
-                    Some(_) => return Err(check(i, b).err().unwrap_or(FrameError::BadCommand("stray CR"))),
+                    // A stray CR: every line's check rejects it below.
+                    Some(_) => {}
                 }
             }
+            // The byte's validity first, so `12345x` is malformed, not too large.
+            check(i, b)?;
             if i >= max {
                 return Err(too_long());
             }
-            check(i, b)?;
             self.scanned += 1;
         }
         Ok(None)

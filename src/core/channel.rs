@@ -1,0 +1,691 @@
+//! `Channel`: one channel's replicated-log state machine (PROTOCOL.md §7), pure.
+//!
+//! The server referees a Raft-like protocol among the channel's members: it
+//! runs elections from snapshots of the online members, records which
+//! recipient acknowledged which pending message, accepts a commit only from
+//! the leader and only on a strict majority of acks it really recorded, and
+//! announces a commit only once the store reports it durable. Merged history
+//! enters only after a second acker confirms it.
+//!
+//! Inputs are method calls with the time passed in; outputs are
+//! [`ChannelEffect`]s addressed to users (not connections) and store writes.
+//! Iteration is over ordered sets, so a run is deterministic and replayable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ulid::Ulid;
+
+use super::quorum::is_majority;
+use crate::proto::command::MergedMessage;
+use crate::proto::event::{
+    ChAppend, ChElected, ChMsg, ChMsgAck, ChMsgCommit, ChMsgConfirm, ChStatus, ChUjoin, ChUleave, ChVoteRequest,
+    ChannelEntry, ChannelUser, HistoryEntry, Outbound,
+};
+use crate::proto::{Body, ErrorCode, ProtoError};
+
+/// What a channel asks of the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEffect {
+    /// A frame for a user (dropped if the user is offline).
+    Send {
+        /// The recipient.
+        to: Ulid,
+        /// The frame.
+        frame: Outbound,
+    },
+    /// A write to the store.
+    Store(StoreOp),
+}
+
+/// A write the store must make. Appends are reported back with
+/// [`Channel::stored`] once durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A new channel with its first member.
+    CreateChannel {
+        /// The channel.
+        id: Ulid,
+        /// Its name.
+        name: String,
+        /// Its creator, the first member.
+        creator: Ulid,
+        /// Creation time.
+        created_at: u64,
+    },
+    /// A member joined.
+    AddMember {
+        /// The channel.
+        channel: Ulid,
+        /// The member.
+        user: Ulid,
+    },
+    /// A member left.
+    RemoveMember {
+        /// The channel.
+        channel: Ulid,
+        /// The member.
+        user: Ulid,
+    },
+    /// A new election number.
+    SetElection {
+        /// The channel.
+        channel: Ulid,
+        /// The number.
+        election: u64,
+    },
+    /// A committed message at position `seq` (1-based, gapless).
+    Append {
+        /// The channel.
+        channel: Ulid,
+        /// Its position in commit order.
+        seq: u64,
+        /// The message.
+        entry: HistoryEntry,
+    },
+}
+
+/// Limits a channel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// Online members needed for health.
+    pub min_online: u64,
+    /// Lifetime of a pending message or merge (s).
+    pub pending_ttl_s: u64,
+    /// Pending messages per channel.
+    pub max_pending: usize,
+    /// Pending merges per channel.
+    pub max_merges: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Ballot {
+    election: u64,
+    candidate: Ulid,
+    voters: BTreeSet<Ulid>,
+    votes: BTreeSet<Ulid>,
+    elected: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    from: Ulid,
+    body: Body,
+    timestamp: u64,
+    recipients: BTreeSet<Ulid>,
+    acks: BTreeSet<Ulid>,
+    expires: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Merge {
+    merger: Ulid,
+    entry: MergedMessage,
+    expires: u64,
+}
+
+/// An announcement waiting for its append to be durable.
+#[derive(Debug, Clone)]
+enum Announcement {
+    Commit { msg_id: Ulid, acks: Vec<Ulid> },
+    Merged { anchor: Option<Ulid>, entry: HistoryEntry },
+}
+
+/// What the store holds of a channel, to rebuild it at start.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelSnapshot {
+    /// The channel.
+    pub id: Ulid,
+    /// Its name.
+    pub name: String,
+    /// Its members.
+    pub members: BTreeSet<Ulid>,
+    /// Its election number.
+    pub election: u64,
+    /// Committed message ids with their positions, in commit order.
+    pub history: Vec<(Ulid, u64)>,
+}
+
+/// One channel's state.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    id: Ulid,
+    name: String,
+    limits: ChannelLimits,
+    members: BTreeSet<Ulid>,
+    online: BTreeSet<Ulid>,
+    election: u64,
+    leader: Option<Ulid>,
+    ballot: Option<Ballot>,
+    pending: BTreeMap<Ulid, Pending>,
+    merges: BTreeMap<Ulid, Merge>,
+    /// Committed message id → position (durable or not).
+    committed: HashMap<Ulid, u64>,
+    last_committed: Option<Ulid>,
+    next_seq: u64,
+    unannounced: BTreeMap<u64, Announcement>,
+    /// The last status sent, to send CH_STATUS only on change.
+    last_status: (Option<Ulid>, bool, usize),
+}
+
+fn err(code: ErrorCode, reason: &'static str) -> ProtoError {
+    ProtoError::new(code, reason)
+}
+
+impl Channel {
+    /// A new channel with no members.
+    pub fn new(id: Ulid, name: String, limits: ChannelLimits) -> Self {
+        Self::restore(ChannelSnapshot { id, name, ..ChannelSnapshot::default() }, limits)
+    }
+
+    /// A channel rebuilt from the store: no one online, no leader.
+    pub fn restore(s: ChannelSnapshot, limits: ChannelLimits) -> Self {
+        let next_seq = s.history.last().map_or(1, |(_, seq)| seq + 1);
+        let last_committed = s.history.last().map(|(id, _)| *id);
+        Self {
+            id: s.id,
+            name: s.name,
+            limits,
+            members: s.members,
+            online: BTreeSet::new(),
+            election: s.election,
+            leader: None,
+            ballot: None,
+            pending: BTreeMap::new(),
+            merges: BTreeMap::new(),
+            committed: s.history.into_iter().collect(),
+            last_committed,
+            next_seq,
+            unannounced: BTreeMap::new(),
+            last_status: (None, false, 0),
+        }
+    }
+
+    /// The channel id.
+    pub fn id(&self) -> Ulid {
+        self.id
+    }
+
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The leader, if any.
+    pub fn leader(&self) -> Option<Ulid> {
+        self.leader
+    }
+
+    /// The current election number.
+    pub fn election(&self) -> u64 {
+        self.election
+    }
+
+    /// True when `user` is a member.
+    pub fn is_member(&self, user: &Ulid) -> bool {
+        self.members.contains(user)
+    }
+
+    /// The members.
+    pub fn members(&self) -> &BTreeSet<Ulid> {
+        &self.members
+    }
+
+    /// The online members.
+    pub fn online(&self) -> &BTreeSet<Ulid> {
+        &self.online
+    }
+
+    /// Enough members online and a leader.
+    pub fn is_healthy(&self) -> bool {
+        self.leader.is_some() && self.online.len() as u64 >= self.limits.min_online
+    }
+
+    /// The position of a committed message.
+    pub fn seq_of(&self, msg_id: &Ulid) -> Option<u64> {
+        self.committed.get(msg_id).copied()
+    }
+
+    /// True when the message is pending, merging or committed here.
+    pub fn knows(&self, msg_id: &Ulid) -> bool {
+        self.pending.contains_key(msg_id) || self.merges.contains_key(msg_id) || self.committed.contains_key(msg_id)
+    }
+
+    /// Pending messages.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Pending merges.
+    pub fn merge_count(&self) -> usize {
+        self.merges.len()
+    }
+
+    fn status_word(&self) -> &'static str {
+        if self.is_healthy() {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
+    }
+
+    /// The `CH_STATUS` frame.
+    pub fn status_frame(&self) -> Outbound {
+        Outbound::event(&ChStatus {
+            id: self.id,
+            name: self.name.clone(),
+            leader: self.leader,
+            status: self.status_word().to_owned(),
+            election: self.election,
+            online: self.online.len() as u64,
+        })
+    }
+
+    /// The `LST_CH` entry.
+    pub fn list_entry(&self) -> ChannelEntry {
+        ChannelEntry {
+            id: self.id,
+            name: self.name.clone(),
+            leader: self.leader,
+            status: self.status_word().to_owned(),
+        }
+    }
+
+    fn to_online(&self, frame: &Outbound, out: &mut Vec<ChannelEffect>) {
+        for &to in &self.online {
+            out.push(ChannelEffect::Send { to, frame: frame.clone() });
+        }
+    }
+
+    /// Sends `CH_STATUS` to the online members when leader, health or the
+    /// online count changed since the last one.
+    fn status_if_changed(&mut self, out: &mut Vec<ChannelEffect>) {
+        let now = (self.leader, self.is_healthy(), self.online.len());
+        if now != self.last_status {
+            self.last_status = now;
+            self.to_online(&self.status_frame(), out);
+        }
+    }
+
+    /// `CH_NEW`: the creator becomes the first member (and is online).
+    pub fn create(&mut self, creator: Ulid, now: u64, out: &mut Vec<ChannelEffect>) {
+        out.push(ChannelEffect::Store(StoreOp::CreateChannel {
+            id: self.id,
+            name: self.name.clone(),
+            creator,
+            created_at: now,
+        }));
+        self.members.insert(creator);
+        self.online.insert(creator);
+        let frame = Outbound::event(&ChUjoin(ChannelUser { channel: self.id, user: creator }));
+        out.push(ChannelEffect::Send { to: creator, frame });
+        self.last_status = (self.leader, self.is_healthy(), self.online.len());
+        out.push(ChannelEffect::Send { to: creator, frame: self.status_frame() });
+    }
+
+    /// `CH_JOIN` from an online user.
+    pub fn join(&mut self, user: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        if self.members.contains(&user) {
+            return Err(err(ErrorCode::AlreadyMember, "you are already a member of this channel"));
+        }
+        self.members.insert(user);
+        self.online.insert(user);
+        out.push(ChannelEffect::Store(StoreOp::AddMember { channel: self.id, user }));
+        self.to_online(&Outbound::event(&ChUjoin(ChannelUser { channel: self.id, user })), out);
+        // The joiner always learns the status; the others when it changed.
+        let before = self.last_status;
+        self.status_if_changed(out);
+        if self.last_status == before {
+            out.push(ChannelEffect::Send { to: user, frame: self.status_frame() });
+        }
+        Ok(())
+    }
+
+    /// `CH_LEAVE`, or the account was removed.
+    pub fn leave(&mut self, user: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        if !self.members.contains(&user) {
+            return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        // The leaver gets its CH_ULEAVE too, so it goes out before it is offline here.
+        self.to_online(&Outbound::event(&ChUleave(ChannelUser { channel: self.id, user })), out);
+        self.members.remove(&user);
+        out.push(ChannelEffect::Store(StoreOp::RemoveMember { channel: self.id, user }));
+        self.went_away(user, out);
+        Ok(())
+    }
+
+    /// A member's session started.
+    pub fn session_up(&mut self, user: Ulid, out: &mut Vec<ChannelEffect>) {
+        if !self.members.contains(&user) || !self.online.insert(user) {
+            return;
+        }
+        // The new session always gets the status (after its UCNN).
+        let before = self.last_status;
+        self.status_if_changed(out);
+        if self.last_status == before {
+            out.push(ChannelEffect::Send { to: user, frame: self.status_frame() });
+        }
+    }
+
+    /// A member's session ended.
+    pub fn session_down(&mut self, user: Ulid, out: &mut Vec<ChannelEffect>) {
+        if self.online.contains(&user) {
+            self.went_away(user, out);
+        }
+    }
+
+    /// A user is no longer online here (left or disconnected).
+    fn went_away(&mut self, user: Ulid, out: &mut Vec<ChannelEffect>) {
+        self.online.remove(&user);
+        if self.leader == Some(user) {
+            self.leader = None;
+        }
+        // A candidate that is gone cannot lead: its election is over. The
+        // next CH_LEAD needs a higher number anyway, so nothing is wedged.
+        if self.ballot.as_ref().is_some_and(|b| b.candidate == user && !b.elected) {
+            self.ballot = None;
+        }
+        self.status_if_changed(out);
+    }
+
+    /// `CH_LEAD {election}` from a member.
+    pub fn lead(&mut self, user: Ulid, election: u64, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        if !self.members.contains(&user) {
+            return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        if self.leader.is_some() {
+            return Err(err(ErrorCode::BadElection, "the channel has a leader"));
+        }
+        if election <= self.election {
+            return Err(ProtoError::new(
+                ErrorCode::BadElection,
+                format!("election must be greater than the current {}", self.election),
+            ));
+        }
+        self.election = election;
+        out.push(ChannelEffect::Store(StoreOp::SetElection { channel: self.id, election }));
+        let voters = self.online.clone();
+        let votes = BTreeSet::from([user]);
+        self.ballot = Some(Ballot { election, candidate: user, voters, votes, elected: false });
+        self.to_online(&Outbound::event(&ChVoteRequest { channel: self.id, election, user }), out);
+        self.tally(out);
+        Ok(())
+    }
+
+    /// `CH_VOTE {election, user: candidate}` from `voter`.
+    pub fn vote(
+        &mut self,
+        voter: Ulid,
+        election: u64,
+        candidate: Ulid,
+        out: &mut Vec<ChannelEffect>,
+    ) -> Result<(), ProtoError> {
+        if !self.members.contains(&voter) {
+            return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        let Some(ballot) = self.ballot.as_mut().filter(|b| b.election == election) else {
+            return Err(err(ErrorCode::BadElection, "no such election is running"));
+        };
+        if ballot.candidate != candidate {
+            return Err(err(ErrorCode::BadElection, "that user is not this election's candidate"));
+        }
+        if ballot.elected {
+            // Late votes are normal: a majority was enough.
+            return Ok(());
+        }
+        if !ballot.voters.contains(&voter) {
+            return Err(err(ErrorCode::BadElection, "you were not online when this election started"));
+        }
+        if !ballot.votes.insert(voter) {
+            return Err(err(ErrorCode::AlreadyVoted, "you already voted in this election"));
+        }
+        self.tally(out);
+        Ok(())
+    }
+
+    fn tally(&mut self, out: &mut Vec<ChannelEffect>) {
+        let Some(ballot) = self.ballot.as_mut() else { return };
+        if ballot.elected || !is_majority(ballot.votes.len(), ballot.voters.len()) {
+            return;
+        }
+        ballot.elected = true;
+        let (leader, election) = (ballot.candidate, ballot.election);
+        self.leader = Some(leader);
+        self.to_online(&Outbound::event(&ChElected { channel: self.id, election, leader }), out);
+        self.status_if_changed(out);
+        // The new leader learns every ack recorded so far, so it can commit.
+        for (msg_id, p) in &self.pending {
+            for &user in p.acks.iter().filter(|&&u| u != p.from) {
+                out.push(ChannelEffect::Send { to: leader, frame: Outbound::event(&ChMsgAck { id: *msg_id, user }) });
+            }
+        }
+    }
+
+    /// `CH_MSG {msg_id, msg}` from `from`.
+    pub fn message(
+        &mut self,
+        from: Ulid,
+        msg_id: Ulid,
+        msg: Body,
+        now: u64,
+        out: &mut Vec<ChannelEffect>,
+    ) -> Result<(), ProtoError> {
+        if !self.members.contains(&from) {
+            return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        if !self.is_healthy() {
+            return Err(ProtoError::new(
+                ErrorCode::ChannelUnhealthy,
+                format!(
+                    "the channel needs a leader and {} online member(s); it has {} and {}",
+                    self.limits.min_online,
+                    if self.leader.is_some() { "a leader" } else { "no leader" },
+                    self.online.len()
+                ),
+            ));
+        }
+        if self.knows(&msg_id) {
+            return Err(err(ErrorCode::DuplicateMsg, "this msg_id is already used in this channel"));
+        }
+        if self.pending.len() >= self.limits.max_pending {
+            return Err(err(ErrorCode::RateLimited, "too many messages await commit in this channel"));
+        }
+        let frame = Outbound::event(&ChMsg { id: self.id, msg_id, msg: msg.clone(), from, timestamp: now });
+        self.to_online(&frame, out);
+        let pending = Pending {
+            from,
+            body: msg,
+            timestamp: now,
+            recipients: self.online.clone(),
+            acks: BTreeSet::from([from]),
+            expires: now.saturating_add(self.limits.pending_ttl_s),
+        };
+        self.pending.insert(msg_id, pending);
+        Ok(())
+    }
+
+    /// `ACK_CH_MSG {id}` from `user`, for a message this channel [`knows`](Self::knows).
+    pub fn ack(&mut self, user: Ulid, msg_id: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        if let Some(p) = self.pending.get_mut(&msg_id) {
+            if !p.recipients.contains(&user) {
+                return Err(err(ErrorCode::UnknownMsg, "that message was not delivered to you"));
+            }
+            if !p.acks.insert(user) {
+                return Ok(());
+            }
+            let frame = Outbound::event(&ChMsgAck { id: msg_id, user });
+            let mut to: BTreeSet<Ulid> = self.leader.into_iter().collect();
+            to.insert(p.from);
+            to.remove(&user);
+            for to in to {
+                out.push(ChannelEffect::Send { to, frame: frame.clone() });
+            }
+            return Ok(());
+        }
+        if let Some(m) = self.merges.get(&msg_id) {
+            if user == m.merger || !m.entry.acks.contains(&user) {
+                return Err(err(ErrorCode::UnknownMsg, "you are not asked to confirm that message"));
+            }
+            if let Some(m) = self.merges.remove(&msg_id) {
+                let entry = HistoryEntry {
+                    id: m.entry.id,
+                    from: m.entry.from,
+                    msg: m.entry.msg,
+                    timestamp: m.entry.timestamp,
+                    acks: m.entry.acks,
+                };
+                let anchor = self.last_committed;
+                self.append(entry.clone(), Announcement::Merged { anchor, entry }, out);
+            }
+            return Ok(());
+        }
+        if self.committed.contains_key(&msg_id) {
+            // Late acks are normal: a commit needs only a majority.
+            return Ok(());
+        }
+        Err(err(ErrorCode::UnknownMsg, "no such message"))
+    }
+
+    /// `CH_COMMIT {id, acks}` from `user`.
+    pub fn commit(
+        &mut self,
+        user: Ulid,
+        msg_id: Ulid,
+        acks: &[Ulid],
+        out: &mut Vec<ChannelEffect>,
+    ) -> Result<(), ProtoError> {
+        if self.leader != Some(user) {
+            return Err(err(ErrorCode::NotLeader, "only the channel's leader commits"));
+        }
+        if self.committed.contains_key(&msg_id) {
+            return Ok(());
+        }
+        let Some(p) = self.pending.get(&msg_id) else {
+            return Err(err(ErrorCode::UnknownMsg, "no such pending message"));
+        };
+        let acks: BTreeSet<Ulid> = acks.iter().copied().collect();
+        if let Some(fake) = acks.iter().find(|a| !p.acks.contains(a)) {
+            return Err(ProtoError::new(ErrorCode::BadCommit, format!("{fake} has not acknowledged this message")));
+        }
+        if !is_majority(acks.len(), p.recipients.len()) {
+            return Err(ProtoError::new(
+                ErrorCode::BadCommit,
+                format!("{} acks are not a strict majority of {} recipients", acks.len(), p.recipients.len()),
+            ));
+        }
+        if let Some(p) = self.pending.remove(&msg_id) {
+            let acks: Vec<Ulid> = acks.into_iter().collect();
+            let entry =
+                HistoryEntry { id: msg_id, from: p.from, msg: p.body, timestamp: p.timestamp, acks: acks.clone() };
+            self.append(entry, Announcement::Commit { msg_id, acks }, out);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entry: HistoryEntry, announce: Announcement, out: &mut Vec<ChannelEffect>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.committed.insert(entry.id, seq);
+        self.last_committed = Some(entry.id);
+        self.unannounced.insert(seq, announce);
+        out.push(ChannelEffect::Store(StoreOp::Append { channel: self.id, seq, entry }));
+    }
+
+    /// The store made every append up to `seq` durable: announce them.
+    pub fn stored(&mut self, seq: u64, out: &mut Vec<ChannelEffect>) {
+        while let Some(entry) = self.unannounced.first_entry() {
+            if *entry.key() > seq {
+                break;
+            }
+            match entry.remove() {
+                Announcement::Commit { msg_id, acks } => {
+                    let frame = Outbound::event(&ChMsgCommit { id: msg_id, channel: self.id, acks });
+                    self.to_online(&frame, out);
+                }
+                Announcement::Merged { anchor, entry } => {
+                    let frame = Outbound::event(&ChAppend { id: self.id, anchor, messages: vec![entry], more: false });
+                    self.to_online(&frame, out);
+                }
+            }
+        }
+    }
+
+    /// `CH_MERGE {msg}` from `user`.
+    pub fn merge(
+        &mut self,
+        user: Ulid,
+        messages: Vec<MergedMessage>,
+        now: u64,
+        out: &mut Vec<ChannelEffect>,
+    ) -> Result<(), ProtoError> {
+        if !self.members.contains(&user) {
+            return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        let mut seen = BTreeSet::new();
+        let new: Vec<MergedMessage> =
+            messages.into_iter().filter(|m| !self.knows(&m.id) && seen.insert(m.id)).collect();
+        if self.merges.len() + new.len() > self.limits.max_merges {
+            return Err(err(ErrorCode::RateLimited, "too many merged messages await confirmation in this channel"));
+        }
+        for m in new {
+            let id = m.id;
+            let merge = Merge { merger: user, entry: m, expires: now.saturating_add(self.limits.pending_ttl_s) };
+            self.ask_confirmation(&merge, merge.entry.acks.iter(), out);
+            self.merges.insert(id, merge);
+        }
+        Ok(())
+    }
+
+    /// Sends `CH_MSG_CONFIRM` to those of `users` who are online, in the
+    /// message's acks, and not its merger.
+    fn ask_confirmation<'a>(&self, m: &Merge, users: impl Iterator<Item = &'a Ulid>, out: &mut Vec<ChannelEffect>) {
+        let asked: BTreeSet<Ulid> =
+            users.filter(|u| **u != m.merger && self.online.contains(u) && m.entry.acks.contains(u)).copied().collect();
+        let frame = Outbound::event(&ChMsgConfirm { id: self.id, message: m.entry.id });
+        for to in asked {
+            out.push(ChannelEffect::Send { to, frame: frame.clone() });
+        }
+    }
+
+    /// True when a merge of `msg_id` awaits confirmation here.
+    pub fn has_merge(&self, msg_id: &Ulid) -> bool {
+        self.merges.contains_key(msg_id)
+    }
+
+    /// `CH_ACK_REQ {id, users}` from `user`.
+    pub fn ack_request(
+        &mut self,
+        user: Ulid,
+        msg_id: Ulid,
+        users: &[Ulid],
+        out: &mut Vec<ChannelEffect>,
+    ) -> Result<(), ProtoError> {
+        if self.leader != Some(user) {
+            return Err(err(ErrorCode::NotLeader, "only the channel's leader asks for confirmations"));
+        }
+        let Some(m) = self.merges.get(&msg_id) else {
+            return Err(err(ErrorCode::UnknownMsg, "no merge of that message awaits confirmation"));
+        };
+        self.ask_confirmation(m, users.iter(), out);
+        Ok(())
+    }
+
+    /// Expires pending messages and merges due by `now`.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<ChannelEffect>) {
+        let expired: Vec<Ulid> = self.pending.iter().filter(|(_, p)| p.expires <= now).map(|(id, _)| *id).collect();
+        for msg_id in expired {
+            if let Some(p) = self.pending.remove(&msg_id) {
+                let e =
+                    ProtoError::new(ErrorCode::NotCommitted, "the message was not committed in time").with_msg(msg_id);
+                out.push(ChannelEffect::Send { to: p.from, frame: Outbound::error(&e) });
+            }
+        }
+        let expired: Vec<Ulid> = self.merges.iter().filter(|(_, m)| m.expires <= now).map(|(id, _)| *id).collect();
+        for msg_id in expired {
+            if let Some(m) = self.merges.remove(&msg_id) {
+                let e = ProtoError::new(ErrorCode::MergeUnconfirmed, "no other acker confirmed the merged message")
+                    .with_msg(msg_id);
+                out.push(ChannelEffect::Send { to: m.merger, frame: Outbound::error(&e) });
+            }
+        }
+    }
+}

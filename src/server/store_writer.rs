@@ -1,0 +1,98 @@
+//! The store thread: the only writer of channel data, with group commit.
+//!
+//! It takes every job waiting in its queue, applies all writes in one
+//! transaction (one fsync for the batch, as strfry's writer does), and only
+//! then reports the appends durable to the hub, which announces the commits.
+//! History reads for `CH_PULL` run after the writes queued before them.
+//! A failed write stops the server: nothing may be announced that is not stored.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+use ulid::Ulid;
+
+use super::hub::HubMsg;
+use crate::core::{ConnId, Input, StoreOp};
+use crate::store::Store;
+
+/// Jobs gathered into one transaction at most.
+const MAX_BATCH: usize = 8192;
+
+/// Work for the store thread.
+#[derive(Debug)]
+pub enum StoreJob {
+    /// A write from the core.
+    Write(StoreOp),
+    /// A history read for `CH_PULL`.
+    Pull {
+        /// The asking connection.
+        conn: ConnId,
+        /// The channel.
+        channel: Ulid,
+        /// The anchor the client gave.
+        anchor: Option<Ulid>,
+        /// Read after this position.
+        after_seq: u64,
+        /// At most this many messages.
+        limit: usize,
+    },
+}
+
+/// Runs the store thread until the queue closes and is drained.
+pub(super) fn spawn(
+    mut store: Store,
+    mut rx: mpsc::Receiver<StoreJob>,
+    hub: mpsc::Sender<HubMsg>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut writes = Vec::new();
+        let mut pulls = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut job = Some(first);
+            let mut taken = 0;
+            while let Some(j) = job.take() {
+                match j {
+                    StoreJob::Write(op) => writes.push(op),
+                    pull @ StoreJob::Pull { .. } => pulls.push(pull),
+                }
+                taken += 1;
+                if taken < MAX_BATCH {
+                    job = rx.try_recv().ok();
+                }
+            }
+            if !writes.is_empty() {
+                if let Err(e) = store.apply(&writes) {
+                    tracing::error!(error = %e, "store write failed; stopping the server");
+                    let _ = hub.blocking_send(HubMsg::StoreFailed(e.to_string()));
+                    return;
+                }
+                // Highest durable position per channel.
+                let mut durable: BTreeMap<Ulid, u64> = BTreeMap::new();
+                for op in writes.drain(..) {
+                    if let StoreOp::Append { channel, seq, .. } = op {
+                        let e = durable.entry(channel).or_default();
+                        *e = (*e).max(seq);
+                    }
+                }
+                for (channel, seq) in durable {
+                    // After a shutdown the hub is gone; the writes above still count.
+                    let _ = hub.blocking_send(HubMsg::Input(Input::Stored { channel, seq }));
+                }
+            }
+            for pull in pulls.drain(..) {
+                let StoreJob::Pull { conn, channel, anchor, after_seq, limit } = pull else { continue };
+                match store.history_after(&channel, after_seq, limit) {
+                    Ok((entries, more)) => {
+                        let _ =
+                            hub.blocking_send(HubMsg::Input(Input::Pulled { conn, channel, anchor, entries, more }));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "history read failed; stopping the server");
+                        let _ = hub.blocking_send(HubMsg::StoreFailed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
