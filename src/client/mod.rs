@@ -1,7 +1,8 @@
 //! The client library: connect, authenticate, send typed commands, receive
-//! typed events with their tags verified. The tests, `sigil client` and the
-//! load generator all use it; `tools` holds the `frame`/`decode` helpers.
+//! typed events with their tags verified. The tests and `sigil client` use
+//! it; `tools` holds the `frame`/`decode` helpers.
 
+pub mod agent;
 pub mod credentials;
 pub mod terminal;
 pub mod tools;
@@ -60,11 +61,14 @@ pub fn encode_request(mac: Option<&FrameMac>, command: Command, now: u64, buf: &
 pub struct ClientReader {
     framed: FramedRead<OwnedReadHalf, FrameCodec>,
     mac: FrameMac,
+    /// Set once our own UCNN arrived; from then on every frame must be signed.
+    authenticated: bool,
 }
 
 impl ClientReader {
     /// The next event, its tag verified. `Ok(None)` on a clean close.
-    /// An unsigned `ERR` is accepted: the server sends those before authentication.
+    /// An unsigned `ERR` is accepted only before our own `UCNN`: the server
+    /// sends those before authentication, and only then.
     pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
         let Some(frame) = self.framed.next().await.transpose()? else { return Ok(None) };
         self.check(&frame).map(Some)
@@ -75,16 +79,20 @@ impl ClientReader {
         Ok(self.framed.next().await.transpose()?)
     }
 
-    fn check(&self, frame: &Frame) -> Result<ServerEvent, ClientError> {
+    fn check(&mut self, frame: &Frame) -> Result<ServerEvent, ClientError> {
         let command = frame.command.as_str();
         let valid = match &frame.signature {
             Some(tag) => self.mac.verify(frame.command.as_bytes(), &frame.payload, tag),
-            None => command == "ERR",
+            None => command == "ERR" && !self.authenticated,
         };
         if !valid {
             return Err(ClientError::BadTag(command.to_owned()));
         }
-        Ok(ServerEvent::decode(command, &frame.payload)?)
+        let event = ServerEvent::decode(command, &frame.payload)?;
+        if matches!(event, ServerEvent::Ucnn(_)) {
+            self.authenticated = true;
+        }
+        Ok(event)
     }
 }
 
@@ -138,7 +146,11 @@ impl Client {
         let (read, write) = stream.into_split();
         let mac = credentials.key.mac();
         // Every server frame fits the server's max_payload (PROTOCOL.md §1.3).
-        let mut reader = ClientReader { framed: FramedRead::new(read, FrameCodec::new(max_payload)), mac: mac.clone() };
+        let mut reader = ClientReader {
+            framed: FramedRead::new(read, FrameCodec::new(max_payload)),
+            mac: mac.clone(),
+            authenticated: false,
+        };
         let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
         writer.send(Command::Cnn { id: credentials.id }).await?;
         match reader.recv().await? {

@@ -1,25 +1,31 @@
 //! `sigil client`: an interactive terminal client.
 //!
-//! Reads lines from stdin (`/who`, `/msg USER TEXT`, `/quit`, `/help`), shows
-//! presence and private messages with local times, acknowledges what it
-//! receives, and keeps the session alive. `View` is the pure part: it turns
-//! events into lines to print and commands to send.
+//! Lines typed are commands (`/new`, `/join`, `/leave`, `/list`, `/who`,
+//! `/msg`, `/pull`, `/quit`, `/help`) or text for the current channel. Events
+//! are shown with local times. What a client does on its own (acks, votes,
+//! elections, commits, pulls) is the [`Agent`]'s; `View` is the pure part
+//! that turns events and lines into text and commands.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use ulid::Ulid;
 
+use super::agent::Agent;
 use super::{Client, ClientError, Credentials};
 use crate::proto::{Body, Command, ServerEvent};
 
-/// The client's picture of the server: who is who.
-#[derive(Debug, Default)]
+/// The client's picture of the server, and what to show.
+#[derive(Debug)]
 pub struct View {
-    me: Option<Ulid>,
+    me: Ulid,
     names: HashMap<Ulid, String>,
-    online: HashMap<Ulid, bool>,
+    /// Every channel from the last `LST_CH`, by lower-cased name.
+    known_channels: HashMap<String, Ulid>,
+    current: Option<Ulid>,
+    /// The reference behaviour.
+    pub agent: Agent,
 }
 
 /// What handling an event or a line produced.
@@ -33,67 +39,149 @@ pub struct Reaction {
     pub quit: bool,
 }
 
-const HELP: &str = "commands: /who  /msg USER TEXT  /quit  /help";
+const HELP: &str = "commands: /new NAME  /join NAME  /leave [NAME]  /list  /who  /msg USER TEXT  /pull  /quit  \
+                    (other text goes to the current channel)";
 
 impl View {
     /// A view for the account `me`.
-    pub fn new(me: Ulid, my_name: &str) -> Self {
-        let mut v = Self { me: Some(me), ..Self::default() };
-        v.names.insert(me, my_name.to_owned());
-        v
+    pub fn new(me: Ulid, my_name: &str, seed: u64) -> Self {
+        let mut names = HashMap::new();
+        names.insert(me, my_name.to_owned());
+        Self { me, names, known_channels: HashMap::new(), current: None, agent: Agent::new(me, seed) }
     }
 
     fn name(&self, id: &Ulid) -> String {
-        self.names.get(id).cloned().unwrap_or_else(|| id.to_string())
+        self.names.get(id).cloned().unwrap_or_else(|| id.to_string()[20..].to_owned())
     }
 
-    fn resolve(&self, who: &str) -> Option<Ulid> {
+    fn channel_name(&self, id: &Ulid) -> String {
+        self.agent.channels().get(id).map(|c| format!("#{}", c.name.trim_start_matches('#'))).unwrap_or_else(|| {
+            self.known_channels
+                .iter()
+                .find(|(_, v)| *v == id)
+                .map(|(n, _)| format!("#{n}"))
+                .unwrap_or_else(|| "#?".into())
+        })
+    }
+
+    fn resolve_user(&self, who: &str) -> Option<Ulid> {
         crate::proto::id::parse(who)
             .or_else(|| self.names.iter().find(|(_, n)| n.eq_ignore_ascii_case(who)).map(|(id, _)| *id))
     }
 
-    /// Handles one server event.
-    pub fn on_event(&mut self, event: ServerEvent, time: &str) -> Reaction {
-        let mut r = Reaction::default();
+    fn resolve_channel(&self, name: &str) -> Option<Ulid> {
+        let name = name.trim_start_matches('#');
+        crate::proto::id::parse(name)
+            .or_else(|| self.agent.channel_named(name))
+            .or_else(|| self.known_channels.get(&name.to_ascii_lowercase()).copied())
+    }
+
+    /// Handles one server event at `now_ms`.
+    pub fn on_event(&mut self, event: ServerEvent, time: &str, now_ms: u64) -> Reaction {
+        let mut r = Reaction { send: self.agent.on_event(&event, now_ms), ..Reaction::default() };
+        let mut show = |line: String| r.lines.push(format!("[{time}] {line}"));
         match event {
             ServerEvent::Ucnn(u) => {
                 self.names.insert(u.id, u.name.clone());
-                self.online.insert(u.id, true);
-                r.lines.push(format!("[{time}] * {} is online", u.name));
+                if u.id != self.me {
+                    show(format!("* {} is online", u.name));
+                }
             }
-            ServerEvent::Udcnn(u) => {
-                self.online.insert(u.id, false);
-                r.lines.push(format!("[{time}] * {} went offline", u.name));
-            }
+            ServerEvent::Udcnn(u) => show(format!("* {} went offline", u.name)),
             ServerEvent::UsrLst(l) => {
                 let names: Vec<String> = l.users.iter().map(|u| u.name.clone()).collect();
                 for u in l.users {
-                    self.online.insert(u.id, true);
                     self.names.insert(u.id, u.name);
                 }
-                r.lines.push(format!("[{time}] online: {}", names.join(", ")));
+                show(format!("online: {}", names.join(", ")));
             }
             ServerEvent::UsrAdd(u) => {
-                r.lines.push(format!("[{time}] * new account {}", u.name));
+                show(format!("* new account {}", u.name));
                 self.names.insert(u.id, u.name);
             }
-            ServerEvent::UsrRmd(u) => {
-                r.lines.push(format!("[{time}] * account {} was removed", self.name(&u.id)));
-                self.names.remove(&u.id);
+            ServerEvent::UsrRmd(u) => show(format!("* account {} was removed", self.name(&u.id))),
+            ServerEvent::UsrHsk(h) => show(format!("* handshake with {}", self.name(&h.id))),
+            ServerEvent::Msg(m) => show(format!("<{}> (private) {}", self.name(&m.from), m.msg.to_display())),
+            ServerEvent::MsgAck(a) => show(format!("✓ {} received your message", self.name(&a.by))),
+            ServerEvent::Sinfo(s) => {
+                show(format!("connected to {} (sigil {}, protocol {})", s.server_name, s.version, s.protocol_version))
             }
-            ServerEvent::UsrHsk(h) => r.lines.push(format!("[{time}] * handshake with {}", self.name(&h.id))),
-            ServerEvent::Msg(m) => {
-                r.lines.push(format!("[{time}] <{}> (private) {}", self.name(&m.from), m.msg.to_display()));
-                r.send.push(Command::AckMsg { from: m.from, msg_id: m.msg_id });
+            ServerEvent::LstCh(l) => {
+                for c in &l.channels {
+                    self.known_channels.insert(c.name.to_ascii_lowercase(), c.id);
+                }
+                let list: Vec<String> = l
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        let leader = c.leader.map(|l| format!(", led by {}", self.name(&l))).unwrap_or_default();
+                        format!("#{} ({}{leader})", c.name, c.status)
+                    })
+                    .collect();
+                show(if list.is_empty() {
+                    "no channels yet: /new NAME".into()
+                } else {
+                    format!("channels: {}", list.join("  "))
+                });
             }
-            ServerEvent::MsgAck(a) => r.lines.push(format!("[{time}] ✓ {} received your message", self.name(&a.by))),
-            ServerEvent::Err(e) => r.lines.push(format!("[{time}] ! {}: {}", e.code, e.reason)),
-            ServerEvent::Sinfo(s) => r.lines.push(format!(
-                "[{time}] connected to {} (sigil {}, protocol {})",
-                s.server_name, s.version, s.protocol_version
+            ServerEvent::ChUjoin(u) => {
+                if u.user == self.me {
+                    self.current = Some(u.channel);
+                }
+                show(format!("* {} joined {}", self.name(&u.user), self.channel_name(&u.channel)));
+            }
+            ServerEvent::ChUleave(u) => {
+                if u.user == self.me && self.current == Some(u.channel) {
+                    self.current = self.agent.channels().keys().next().copied();
+                }
+                show(format!("* {} left", self.name(&u.user)));
+            }
+            ServerEvent::ChStatus(s) => {
+                self.known_channels.insert(s.name.to_ascii_lowercase(), s.id);
+                if self.current.is_none() {
+                    self.current = Some(s.id);
+                }
+                let leader =
+                    s.leader.map(|l| format!("led by {}", self.name(&l))).unwrap_or_else(|| "no leader".into());
+                show(format!("* #{}: {}, {leader}, {} online", s.name, s.status, s.online));
+            }
+            ServerEvent::ChVote(v) if v.user != self.me => show(format!(
+                "* {} stands for election {} in {}",
+                self.name(&v.user),
+                v.election,
+                self.channel_name(&v.channel)
             )),
-            ServerEvent::Other { command, .. } => r.lines.push(format!("[{time}] ({command})")),
-            other => r.lines.push(format!("[{time}] {other:?}")),
+            ServerEvent::ChVote(_) => {}
+            ServerEvent::ChElected(e) => show(format!(
+                "* {} leads {} (election {})",
+                self.name(&e.leader),
+                self.channel_name(&e.channel),
+                e.election
+            )),
+            ServerEvent::ChMsg(m) => {
+                show(format!("{} <{}> {}", self.channel_name(&m.id), self.name(&m.from), m.msg.to_display()))
+            }
+            ServerEvent::ChMsgAck(_) => {}
+            ServerEvent::ChMsgCommit(c) => {
+                // Shown for our own messages: the moment they are safe.
+                let _ = c;
+            }
+            ServerEvent::ChAppend(a) => {
+                for m in &a.messages {
+                    let t = chrono::DateTime::from_timestamp(m.timestamp as i64, 0)
+                        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
+                        .unwrap_or_default();
+                    r.lines.push(format!(
+                        "[{t}] {} <{}> {}",
+                        self.channel_name(&a.id),
+                        self.name(&m.from),
+                        m.msg.to_display()
+                    ));
+                }
+            }
+            ServerEvent::ChMsgConfirm(_) => {}
+            ServerEvent::Err(e) => show(format!("! {}: {}", e.code, e.reason)),
+            ServerEvent::Other { command, .. } => show(format!("({command})")),
         }
         r
     }
@@ -106,16 +194,34 @@ impl View {
             return r;
         }
         let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
         match cmd {
             "/quit" => {
                 r.send.push(Command::Dcnn);
                 r.quit = true;
             }
             "/who" => r.send.push(Command::LstUsr),
+            "/list" => r.send.push(Command::ChLst),
             "/help" => r.lines.push(HELP.to_owned()),
+            "/new" if !rest.is_empty() => r.send.push(Command::ChNew { name: rest.trim_start_matches('#').to_owned() }),
+            "/join" => match self.resolve_channel(rest) {
+                Some(id) => r.send.push(Command::ChJoin { id }),
+                None => r.lines.push(format!("! unknown channel {rest:?} (try /list)")),
+            },
+            "/leave" => {
+                let target = if rest.is_empty() { self.current } else { self.resolve_channel(rest) };
+                match target {
+                    Some(id) => r.send.push(Command::ChLeave { id }),
+                    None => r.lines.push("! leave which channel?".to_owned()),
+                }
+            }
+            "/pull" => match self.current {
+                Some(id) => r.send.push(Command::ChPull { id, anchor: None }),
+                None => r.lines.push("! no current channel".to_owned()),
+            },
             "/msg" => {
-                let (who, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
-                match (self.resolve(who), text.trim()) {
+                let (who, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                match (self.resolve_user(who), text.trim()) {
                     (None, _) => r.lines.push(format!("! unknown user {who:?} (try /who)")),
                     (Some(_), "") => r.lines.push("! usage: /msg USER TEXT".to_owned()),
                     (Some(to), text) => {
@@ -124,10 +230,12 @@ impl View {
                     }
                 }
             }
-            _ if cmd.starts_with('/') => r.lines.push(format!("! unknown command {cmd}; {HELP}")),
-            _ => r.lines.push(format!("! no channel yet: use /msg USER TEXT; {HELP}")),
+            _ if cmd.starts_with('/') => r.lines.push(format!("! unknown or incomplete command {cmd}; {HELP}")),
+            _ => match self.current {
+                Some(id) => r.send.push(Command::ChMsg { id, msg_id: Ulid::new(), msg: Body::text(line) }),
+                None => r.lines.push(format!("! you are in no channel: /list, /join NAME or /new NAME; {HELP}")),
+            },
         }
-        let _ = self.me;
         r
     }
 }
@@ -139,13 +247,17 @@ fn local_time() -> String {
 /// Runs the interactive client until `/quit`, end of input or disconnection.
 pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
     let client = Client::connect(addr, cred).await?;
-    let mut view = View::new(cred.id, &cred.name);
+    let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    let mut view = View::new(cred.id, &cred.name, rand::random());
     println!("[{}] signed in as {} — {HELP}", local_time(), cred.name);
     let (mut reader, mut writer) = client.split();
-    writer.send(Command::Info).await?;
-    writer.send(Command::LstUsr).await?;
+    for command in [Command::Info, Command::LstUsr, Command::ChLst] {
+        writer.send(command).await?;
+    }
     let mut keepalive = tokio::time::interval(Duration::from_secs(30));
     keepalive.tick().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {
@@ -157,12 +269,11 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
                 }
                 Some(ServerEvent::Sinfo(s)) => {
                     // Keep alive well within the server's idle timeout.
-                    let period = Duration::from_secs((s.timeout_s / 3).max(1));
-                    keepalive = tokio::time::interval(period);
+                    keepalive = tokio::time::interval(Duration::from_secs((s.timeout_s / 3).max(1)));
                     keepalive.tick().await;
-                    view.on_event(ServerEvent::Sinfo(s), &local_time())
+                    view.on_event(ServerEvent::Sinfo(s), &local_time(), now_ms())
                 }
-                Some(event) => view.on_event(event, &local_time()),
+                Some(event) => view.on_event(event, &local_time(), now_ms()),
             },
             line = stdin.next_line(), if stdin_open => match line? {
                 Some(line) => view.on_line(&line),
@@ -171,6 +282,7 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
                     Reaction { send: vec![Command::Dcnn], quit: true, ..Reaction::default() }
                 }
             },
+            _ = tick.tick() => Reaction { send: view.agent.tick(now_ms()), ..Reaction::default() },
             _ = keepalive.tick() => Reaction { send: vec![Command::Kalive], ..Reaction::default() },
         };
         for line in reaction.lines {

@@ -253,16 +253,6 @@ impl Relay {
         self.sessions.get(&conn).copied()
     }
 
-    /// How many sessions are open.
-    pub fn online_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Private messages awaiting an ack.
-    pub fn pending_deliveries(&self) -> usize {
-        self.deliveries.len()
-    }
-
     /// Applies one input at `now` (unix seconds), appending effects to `out`.
     pub fn step(&mut self, input: Input, now: u64, out: &mut Vec<Effect>) {
         match input {
@@ -538,7 +528,7 @@ impl Relay {
             }
             Command::ChLst => {
                 let mut entries: Vec<_> = self.channels.values().map(Channel::list_entry).collect();
-                entries.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()));
+                entries.sort_by_cached_key(|c| c.name.to_ascii_lowercase());
                 let per_page = self.per_page(CHANNEL_ENTRY_MAX);
                 for frame in pages(entries, per_page, |channels, more| Outbound::event(&LstCh { channels, more })) {
                     out.push(Effect::Send { conn, frame });
@@ -680,7 +670,7 @@ impl Relay {
                 Some(UserEntry { id: *id, status: "online".to_owned(), name: a.name.clone() })
             })
             .collect();
-        users.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()).then(a.id.cmp(&b.id)));
+        users.sort_by_cached_key(|u| (u.name.to_ascii_lowercase(), u.id));
         pages(users, self.per_page(USER_ENTRY_MAX), |users, more| Outbound::event(&UsrLst { users, more }))
     }
 
@@ -698,7 +688,7 @@ impl Relay {
             let Some((_, old)) = self.deliveries_by_expiry.pop_first() else { break };
             self.deliveries.remove(&old);
         }
-        let expires = now + self.limits.pending_ttl_s;
+        let expires = now.saturating_add(self.limits.pending_ttl_s);
         self.deliveries.insert(key, expires);
         self.deliveries_by_expiry.insert((expires, key));
     }

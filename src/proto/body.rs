@@ -1,8 +1,9 @@
 //! Message content (`msg`): msgpack `bin` or `str`, relayed and stored unchanged.
 //!
-//! The server never copies a body: [`BodyRef`] borrows it from the received
+//! Parsing never copies a body: [`BodyRef`] borrows it from the received
 //! payload and [`Body::from_ref`] turns that borrow into a `Bytes` slice of the
-//! same buffer, which every recipient then shares.
+//! same buffer. The relayed event is encoded once and its payload shared by
+//! every recipient.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -142,6 +142,8 @@ impl RunningServer {
 /// Opens the store, binds the address and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::open(&config.db)?;
+    // Read before the accounts, so a change made in between is seen by the watcher.
+    let data_version = store.data_version()?;
     let accounts = store.accounts()?;
     let accounts_rev = store.accounts_rev()?;
     let channels = store.channel_snapshots()?;
@@ -176,7 +178,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let store_thread = store_writer::spawn(writer_store, store_rx, shared.hub.clone());
     let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, stop.clone()));
-    let watcher = spawn_account_watcher(shared.clone(), store, accounts, accounts_rev, stop.clone());
+    let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
     let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, vec![watcher, store_thread]));
@@ -229,25 +231,25 @@ fn spawn_account_watcher(
     shared: Arc<Shared>,
     store: Store,
     mut known: Vec<StoredAccount>,
-    mut rev: i64,
+    (mut version, mut rev): (i64, i64),
     stop: CancellationToken,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut version = store.data_version().unwrap_or(0);
         while !stop.is_cancelled() {
             std::thread::sleep(ACCOUNT_POLL_INTERVAL);
             let Ok(v) = store.data_version() else { continue };
             if v == version {
                 continue;
             }
-            version = v;
             let (new_rev, accounts) = match store.accounts_rev().and_then(|r| Ok((r, store.accounts()?))) {
                 Ok(x) => x,
                 Err(e) => {
+                    // `version` is left as it was, so the next poll retries.
                     tracing::warn!(error = %e, "cannot reload accounts");
                     continue;
                 }
             };
+            version = v;
             if new_rev == rev {
                 continue;
             }

@@ -14,8 +14,9 @@ use ulid::Ulid;
 /// Why a frame was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
-    /// The timestamp is outside the skew window (or below the eviction floor).
-    #[error("timestamp is more than {skew_s} s away from the server's clock")]
+    /// The timestamp is outside the skew window, or at or below a floor
+    /// (server start, evicted nonces).
+    #[error("timestamp is outside the accepted window (±{skew_s} s of the server's clock, after its start and evicted nonces)")]
     Stale {
         /// The configured skew.
         skew_s: u64,

@@ -1,0 +1,391 @@
+//! Channels over real TCP (PROTOCOL.md §7): membership, elections, messages,
+//! acks, commits, history, merges, restarts.
+
+mod common;
+
+use common::*;
+use sigil::client::Client;
+use sigil::proto::command::MergedMessage;
+use sigil::proto::event::{ChStatus, HistoryEntry};
+use sigil::proto::{Body, Command, ErrorCode, ServerEvent};
+use ulid::Ulid;
+
+fn status_of(ev: ServerEvent) -> Option<ChStatus> {
+    if let ServerEvent::ChStatus(s) = ev {
+        Some(s)
+    } else {
+        None
+    }
+}
+
+async fn err_of(c: &mut Client) -> sigil::proto::event::ErrPayload {
+    until(c, |ev| if let ServerEvent::Err(e) = ev { Some(e) } else { None }).await
+}
+
+/// alice creates `name`; the others join. Returns the channel id.
+async fn channel_with(name: &str, creator: &mut Client, others: &mut [&mut Client]) -> Ulid {
+    creator.send(Command::ChNew { name: name.into() }).await.unwrap();
+    let me = creator.credentials.id;
+    let joined = until(creator, |ev| if let ServerEvent::ChUjoin(u) = ev { Some(u) } else { None }).await;
+    assert_eq!(joined.user, me);
+    let s = until(creator, status_of).await;
+    assert_eq!((s.id, s.name.as_str(), s.leader, s.election, s.online), (joined.channel, name, None, 0, 1));
+    assert_eq!(s.status, "unhealthy");
+    for o in others.iter_mut() {
+        o.send(Command::ChJoin { id: s.id }).await.unwrap();
+        let u = until(o, |ev| if let ServerEvent::ChUjoin(u) = ev { Some(u) } else { None }).await;
+        assert_eq!(u.user, o.credentials.id);
+        until(o, status_of).await;
+    }
+    s.id
+}
+
+/// `leader` stands in election `n`; every voter votes; all see CH_ELECTED.
+async fn elect(channel: Ulid, n: u64, leader: &mut Client, voters: &mut [&mut Client]) {
+    let l = leader.credentials.id;
+    leader.send(Command::ChLead { channel, election: n }).await.unwrap();
+    for v in voters.iter_mut() {
+        let req = until(v, |ev| if let ServerEvent::ChVote(r) = ev { Some(r) } else { None }).await;
+        assert_eq!((req.channel, req.election, req.user), (channel, n, l));
+        v.send(Command::ChVote { channel, election: n, user: l }).await.unwrap();
+    }
+    let e = until(leader, |ev| if let ServerEvent::ChElected(e) = ev { Some(e) } else { None }).await;
+    assert_eq!((e.leader, e.election), (l, n));
+    until(leader, |ev| status_of(ev).filter(|s| s.leader == Some(l))).await;
+}
+
+#[tokio::test]
+async fn happy_path_create_join_elect_message_ack_commit_pull() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let (ai, bi, ci) = (a.credentials.id, b.credentials.id, c.credentials.id);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+    // Everyone online sees the others join, and the online count.
+    let s = until(&mut a, |ev| status_of(ev).filter(|s| s.online == 3)).await;
+    assert_eq!(s.leader, None);
+
+    elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
+    let s = until(&mut b, |ev| status_of(ev).filter(|s| s.leader == Some(ai))).await;
+    assert_eq!((s.status.as_str(), s.election, s.online), ("healthy", 1, 3));
+    // Votes after the majority are accepted silently.
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChElected(_)).then_some(())).await;
+
+    let m = Ulid::new();
+    c.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("hello all") }).await.unwrap();
+    for x in [&mut a, &mut b, &mut c] {
+        let got = until(x, |ev| if let ServerEvent::ChMsg(g) = ev { Some(g) } else { None }).await;
+        assert_eq!((got.id, got.msg_id, got.from, got.msg), (ch, m, ci, Body::text("hello all")));
+    }
+    b.send(Command::AckChMsg { id: m }).await.unwrap();
+    // The leader and the sender learn of bob's ack.
+    for x in [&mut a, &mut c] {
+        let k = until(x, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
+        assert_eq!((k.id, k.user), (m, bi));
+    }
+    a.send(Command::AckChMsg { id: m }).await.unwrap();
+    let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
+    assert_eq!(k.user, ai);
+    // The leader commits on carol (sender) + bob: 2 of 3.
+    a.send(Command::ChCommit { id: m, acks: vec![ci, bi] }).await.unwrap();
+    for x in [&mut a, &mut b, &mut c] {
+        let k = until(x, |ev| if let ServerEvent::ChMsgCommit(k) = ev { Some(k) } else { None }).await;
+        assert_eq!((k.id, k.channel), (m, ch));
+        let mut acks = k.acks.clone();
+        acks.sort();
+        let mut want = vec![bi, ci];
+        want.sort();
+        assert_eq!(acks, want);
+    }
+    // A late ack and a repeated commit are accepted silently.
+    c.send(Command::AckChMsg { id: m }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![ci, bi] }).await.unwrap();
+    b.send(Command::ChPull { id: ch, anchor: None }).await.unwrap();
+    let app = until(&mut b, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+    assert_eq!((app.id, app.anchor, app.more), (ch, None, false));
+    assert_eq!(app.messages.len(), 1);
+    let HistoryEntry { id, from, msg, .. } = &app.messages[0];
+    assert_eq!((*id, *from, msg.clone()), (m, ci, Body::text("hello all")));
+    b.send(Command::ChPull { id: ch, anchor: Some(m) }).await.unwrap();
+    let app = until(&mut b, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+    assert!(app.messages.is_empty() && !app.more);
+    quiet(&mut a, 200).await;
+    // CH_LST shows it healthy with its leader.
+    b.send(Command::ChLst).await.unwrap();
+    let l = until(&mut b, |ev| if let ServerEvent::LstCh(l) = ev { Some(l) } else { None }).await;
+    assert_eq!(l.channels.len(), 1);
+    assert_eq!((l.channels[0].leader, l.channels[0].status.as_str()), (Some(ai), "healthy"));
+}
+
+#[tokio::test]
+async fn refusals_name_taken_bad_election_already_voted_not_leader_bad_commit_duplicate() {
+    let ts = TestServer::start(&["alice", "bob", "carol", "dave"], |_| {}).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let (ai, bi, ci) = (a.credentials.id, b.credentials.id, c.credentials.id);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+
+    b.send(Command::ChNew { name: "GENERAL".into() }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::NameTaken);
+    b.send(Command::ChNew { name: "no spaces".into() }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::BadPayload);
+    b.send(Command::ChJoin { id: ch }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::AlreadyMember);
+    b.send(Command::ChJoin { id: Ulid::new() }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::NoSuchChannel);
+    let mut d = ts.connect("dave").await;
+    d.send(Command::ChLead { channel: ch, election: 1 }).await.unwrap();
+    assert_eq!(code(&err_of(&mut d).await), ErrorCode::NotMember);
+    d.send(Command::ChLeave { id: ch }).await.unwrap();
+    assert_eq!(code(&err_of(&mut d).await), ErrorCode::NotMember);
+
+    // channel_unhealthy: no leader yet.
+    let nonce = c.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::text("x") }).await.unwrap();
+    let e = err_of(&mut c).await;
+    assert_eq!((code(&e), e.nonce_ref), (ErrorCode::ChannelUnhealthy, Some(nonce)));
+
+    // alice stands; bob votes twice; carol votes for the wrong candidate.
+    a.send(Command::ChLead { channel: ch, election: 5 }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChVote(_)).then_some(())).await;
+    c.send(Command::ChVote { channel: ch, election: 5, user: bi }).await.unwrap();
+    assert_eq!(code(&err_of(&mut c).await), ErrorCode::BadElection);
+    a.send(Command::ChVote { channel: ch, election: 5, user: ai }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::AlreadyVoted, "the candidate's own vote is counted");
+    b.send(Command::ChVote { channel: ch, election: 5, user: ai }).await.unwrap();
+    until(&mut a, |ev| matches!(ev, ServerEvent::ChElected(_)).then_some(())).await;
+    // With a leader, CH_LEAD is bad_election, whatever the number.
+    c.send(Command::ChLead { channel: ch, election: 9 }).await.unwrap();
+    assert_eq!(code(&err_of(&mut c).await), ErrorCode::BadElection);
+
+    let m = Ulid::new();
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("hi") }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("again") }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::DuplicateMsg);
+    // Only the leader commits.
+    b.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::NotLeader);
+    // carol never acked: an ack that never happened.
+    a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
+    // Only the sender's ack: a minority of 3 recipients.
+    a.send(Command::ChCommit { id: m, acks: vec![bi] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
+    // The same ack twice is still one ack.
+    a.send(Command::ChCommit { id: m, acks: vec![bi, bi] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
+    // dave was not a recipient: his ack is refused, and it is not in the channel he is in.
+    d.send(Command::AckChMsg { id: m }).await.unwrap();
+    assert_eq!(code(&err_of(&mut d).await), ErrorCode::UnknownMsg);
+    c.send(Command::AckChMsg { id: m }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
+    // The committed id stays taken.
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("again") }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::DuplicateMsg);
+    b.send(Command::ChPull { id: ch, anchor: Some(Ulid::new()) }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::UnknownMsg);
+}
+
+#[tokio::test]
+async fn min_online_three_makes_two_online_unhealthy() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |c| c.limits.min_online = 3).await;
+    let (mut a, mut b) = (ts.connect("alice").await, ts.connect("bob").await);
+    let ch = channel_with("general", &mut a, &mut [&mut b]).await;
+    elect(ch, 1, &mut a, &mut [&mut b]).await;
+    let s = until(&mut b, |ev| status_of(ev).filter(|s| s.leader.is_some())).await;
+    assert_eq!((s.status.as_str(), s.online), ("unhealthy", 2));
+    b.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::text("x") }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::ChannelUnhealthy);
+    let mut c = ts.connect("carol").await;
+    c.send(Command::ChJoin { id: ch }).await.unwrap();
+    let s = until(&mut b, |ev| status_of(ev).filter(|s| s.online == 3)).await;
+    assert_eq!(s.status, "healthy");
+    b.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::text("x") }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+}
+
+#[tokio::test]
+async fn leader_disconnect_makes_it_leaderless_and_a_new_election_works() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+    elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
+    let m = Ulid::new();
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("pending") }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+    c.send(Command::AckChMsg { id: m }).await.unwrap();
+    drop(a);
+    let s = until(&mut b, |ev| status_of(ev).filter(|s| s.online == 2)).await;
+    assert_eq!((s.leader, s.status.as_str(), s.election), (None, "unhealthy", 1));
+    // The same number is refused; a higher one works.
+    c.send(Command::ChLead { channel: ch, election: 1 }).await.unwrap();
+    assert_eq!(code(&err_of(&mut c).await), ErrorCode::BadElection);
+    elect(ch, 2, &mut c, &mut [&mut b]).await;
+    // The new leader learned the ack recorded before it was elected (its own here).
+    let ci = c.credentials.id;
+    let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
+    assert_eq!((k.id, k.user), (m, ci));
+    c.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, ci] }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_channels_members_elections_and_history() {
+    let mut ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let (bi, ci) = (b.credentials.id, c.credentials.id);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+    elect(ch, 7, &mut a, &mut [&mut b, &mut c]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = Ulid::new();
+        ids.push(m);
+        b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text(format!("m{i}")) }).await.unwrap();
+        until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(x) if x.msg_id == m).then_some(())).await;
+        c.send(Command::AckChMsg { id: m }).await.unwrap();
+        a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+        until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
+    }
+    // carol misses the last three: she leaves after the second commit... by disconnecting.
+    drop(c);
+    drop((a, b));
+    ts.restart(|_| {}).await;
+    let mut c = ts.connect("carol").await;
+    // After CNN: one CH_STATUS per channel, leaderless, the election number kept.
+    let s = until(&mut c, status_of).await;
+    assert_eq!((s.id, s.name.as_str(), s.leader, s.election), (ch, "general", None, 7));
+    c.send(Command::ChPull { id: ch, anchor: Some(ids[1]) }).await.unwrap();
+    let app = until(&mut c, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+    let got: Vec<Ulid> = app.messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, ids[2..].to_vec(), "what she missed, in commit order");
+    assert_eq!(app.messages[4 - 2].msg, Body::text("m4"));
+    // Membership survived: a new election needs a higher number.
+    c.send(Command::ChLead { channel: ch, election: 7 }).await.unwrap();
+    assert_eq!(code(&err_of(&mut c).await), ErrorCode::BadElection);
+    c.send(Command::ChLead { channel: ch, election: 8 }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChElected(e) if e.election == 8).then_some(())).await;
+}
+
+#[tokio::test]
+async fn pull_pages_fit_max_payload_and_page_size() {
+    let ts = TestServer::start(&["alice"], |c| {
+        c.limits.max_payload = 1024;
+        c.limits.pull_page = 4;
+    })
+    .await;
+    let mut a = Client::connect_with_max_payload(ts.addr, &ts.user("alice"), 1024).await.unwrap();
+    let ai = a.credentials.id;
+    let ch = channel_with("solo", &mut a, &mut []).await;
+    elect(ch, 1, &mut a, &mut []).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let m = Ulid::new();
+        ids.push(m);
+        a.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::binary(vec![i as u8; 300]) }).await.unwrap();
+        a.send(Command::ChCommit { id: m, acks: vec![ai] }).await.unwrap();
+        until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
+    }
+    let mut anchor = None;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        a.send(Command::ChPull { id: ch, anchor }).await.unwrap();
+        let app = until(&mut a, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+        assert!(app.messages.len() <= 4 && !app.messages.is_empty());
+        got.extend(app.messages.iter().map(|m| m.id));
+        anchor = got.last().copied();
+        if !app.more {
+            break;
+        }
+    }
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn merges_confirmed_by_a_second_acker_or_left_unconfirmed() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |c| c.limits.pending_ttl_s = 1).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let (ai, bi, ci) = (a.credentials.id, b.credentials.id, c.credentials.id);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+    elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
+    // One committed message the server has.
+    let first = Ulid::new();
+    a.send(Command::ChMsg { id: ch, msg_id: first, msg: Body::text("known") }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+    b.send(Command::AckChMsg { id: first }).await.unwrap();
+    a.send(Command::ChCommit { id: first, acks: vec![ai, bi] }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == first).then_some(())).await;
+
+    // bob has two messages the server lacks: one acked by carol too, one by bob alone.
+    let (confirmed, lonely) = (Ulid::new(), Ulid::new());
+    let entry = |id, acks| MergedMessage { id, from: bi, timestamp: now(), msg: Body::text("from the past"), acks };
+    let known = MergedMessage { id: first, from: ai, timestamp: now(), msg: Body::text("known"), acks: vec![ai, bi] };
+    b.send(Command::ChMerge { id: ch, msg: vec![known, entry(confirmed, vec![bi, ci]), entry(lonely, vec![bi])] })
+        .await
+        .unwrap();
+    // carol is asked to confirm the first new one; nobody is asked about the known one.
+    let ask = until(&mut c, |ev| if let ServerEvent::ChMsgConfirm(x) = ev { Some(x) } else { None }).await;
+    assert_eq!((ask.id, ask.message), (ch, confirmed));
+    // Not yet in history; a confirmation from someone not in acks is refused.
+    a.send(Command::AckChMsg { id: confirmed }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::UnknownMsg);
+    // The leader asks again (CH_ACK_REQ); carol gets a second CH_MSG_CONFIRM.
+    a.send(Command::ChAckReq { id: confirmed, users: vec![ci, ai] }).await.unwrap();
+    until(&mut c, |ev| matches!(ev, ServerEvent::ChMsgConfirm(x) if x.message == confirmed).then_some(())).await;
+    b.send(Command::ChAckReq { id: confirmed, users: vec![ci] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::NotLeader);
+    c.send(Command::AckChMsg { id: confirmed }).await.unwrap();
+    // Announced to everyone as an append after the last message.
+    for x in [&mut a, &mut b, &mut c] {
+        let app = until(x, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+        assert_eq!((app.anchor, app.more), (Some(first), false));
+        assert_eq!(app.messages.iter().map(|m| m.id).collect::<Vec<_>>(), vec![confirmed]);
+    }
+    // The lonely one expires: the merger is told.
+    let e = err_of(&mut b).await;
+    assert_eq!((code(&e), e.msg_id), (ErrorCode::MergeUnconfirmed, Some(lonely)));
+    // History: first, then the confirmed merge; never the lonely one.
+    a.send(Command::ChPull { id: ch, anchor: None }).await.unwrap();
+    let app = until(&mut a, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
+    assert_eq!(app.messages.iter().map(|m| m.id).collect::<Vec<_>>(), vec![first, confirmed]);
+}
+
+#[tokio::test]
+async fn an_uncommitted_message_expires_with_not_committed() {
+    let ts = TestServer::start(&["alice", "bob"], |c| c.limits.pending_ttl_s = 1).await;
+    let (mut a, mut b) = (ts.connect("alice").await, ts.connect("bob").await);
+    let ch = channel_with("general", &mut a, &mut [&mut b]).await;
+    elect(ch, 1, &mut a, &mut [&mut b]).await;
+    let m = Ulid::new();
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("never committed") }).await.unwrap();
+    let e = err_of(&mut b).await;
+    assert_eq!((code(&e), e.msg_id, e.nonce_ref), (ErrorCode::NotCommitted, Some(m), None));
+    a.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, a.credentials.id] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::UnknownMsg);
+}
+
+#[tokio::test]
+async fn leaving_and_account_removal_update_members() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
+    let (mut a, mut b, mut c) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("carol").await);
+    let (ai, bi, ci) = (a.credentials.id, b.credentials.id, c.credentials.id);
+    let ch = channel_with("general", &mut a, &mut [&mut b, &mut c]).await;
+    elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
+    // The leader leaves: everyone, the leaver included, sees CH_ULEAVE; the channel is leaderless.
+    a.send(Command::ChLeave { id: ch }).await.unwrap();
+    for x in [&mut a, &mut b] {
+        let u = until(x, |ev| if let ServerEvent::ChUleave(u) = ev { Some(u) } else { None }).await;
+        assert_eq!((u.channel, u.user), (ch, ai));
+    }
+    let s = until(&mut b, |ev| status_of(ev).filter(|s| s.online == 2)).await;
+    assert_eq!(s.leader, None);
+    // carol's account is removed: bob sees her leave the channel.
+    sigil::store::Store::open(&ts.db()).unwrap().remove_account("carol").unwrap();
+    let u = until(&mut b, |ev| if let ServerEvent::ChUleave(u) = ev { Some(u) } else { None }).await;
+    assert_eq!(u.user, ci);
+    closed(&mut c).await;
+    // bob alone can elect himself and talk.
+    elect(ch, 2, &mut b, &mut []).await;
+    let m = Ulid::new();
+    b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("alone") }).await.unwrap();
+    b.send(Command::ChCommit { id: m, acks: vec![bi] }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
+}
