@@ -179,10 +179,10 @@ impl Agent {
                     out.push(Command::ChPull { id: a.id, anchor: c.last_committed });
                 }
             }
-            ServerEvent::ChMsgConfirm(m) => {
-                if self.channels.get(&m.id).is_some_and(|c| c.committed.contains(&m.message)) {
-                    out.push(Command::AckChMsg { id: m.message });
-                }
+            ServerEvent::ChMsgConfirm(m)
+                if self.channels.get(&m.id).is_some_and(|c| c.committed.contains(&m.message)) =>
+            {
+                out.push(Command::AckChMsg { id: m.message });
             }
             ServerEvent::Err(e) if e.code == "bad_commit" => {
                 // Which commit failed is not said; let the next ack retry them all.

@@ -37,8 +37,8 @@ pub enum ChannelEffect {
     Store(StoreOp),
 }
 
-/// A write the store must make. Appends are reported back with
-/// [`Channel::stored`] once durable.
+/// A write the store must make. Appends and election numbers are reported
+/// back with [`Channel::stored`] once durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     /// A new channel with its first member.
@@ -103,6 +103,8 @@ struct Ballot {
     candidate: Ulid,
     voters: BTreeSet<Ulid>,
     votes: BTreeSet<Ulid>,
+    /// The election number is durable and the vote requests went out.
+    started: bool,
     elected: bool,
 }
 
@@ -402,13 +404,22 @@ impl Channel {
             ));
         }
         self.election = election;
+        // Like Raft's term, the number is stored before the election starts:
+        // after a crash it must never be reused by a second election.
         out.push(ChannelEffect::Store(StoreOp::SetElection { channel: self.id, election }));
         let voters = self.online.clone();
         let votes = BTreeSet::from([user]);
-        self.ballot = Some(Ballot { election, candidate: user, voters, votes, elected: false });
-        self.to_online(&Outbound::event(&ChVoteRequest { channel: self.id, election, user }), out);
-        self.tally(out);
+        self.ballot = Some(Ballot { election, candidate: user, voters, votes, started: false, elected: false });
         Ok(())
+    }
+
+    /// The election number is durable: ask for votes.
+    fn start_ballot(&mut self, stored_election: u64, out: &mut Vec<ChannelEffect>) {
+        let Some(b) = self.ballot.as_mut().filter(|b| !b.started && b.election <= stored_election) else { return };
+        b.started = true;
+        let frame = Outbound::event(&ChVoteRequest { channel: self.id, election: b.election, user: b.candidate });
+        self.to_online(&frame, out);
+        self.tally(out);
     }
 
     /// `CH_VOTE {election, user: candidate}` from `voter`.
@@ -422,7 +433,7 @@ impl Channel {
         if !self.members.contains(&voter) {
             return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
         }
-        let Some(ballot) = self.ballot.as_mut().filter(|b| b.election == election) else {
+        let Some(ballot) = self.ballot.as_mut().filter(|b| b.election == election && b.started) else {
             return Err(err(ErrorCode::BadElection, "no such election is running"));
         };
         if ballot.candidate != candidate {
@@ -590,8 +601,10 @@ impl Channel {
         out.push(ChannelEffect::Store(StoreOp::Append { channel: self.id, seq, entry }));
     }
 
-    /// The store made every append up to `seq` durable: announce them.
-    pub fn stored(&mut self, seq: u64, out: &mut Vec<ChannelEffect>) {
+    /// The store made every append up to `seq` and the election number
+    /// `election` durable: announce the commits, start the election.
+    pub fn stored(&mut self, seq: u64, election: u64, out: &mut Vec<ChannelEffect>) {
+        self.start_ballot(election, out);
         while let Some(entry) = self.unannounced.first_entry() {
             if *entry.key() > seq {
                 break;

@@ -115,12 +115,14 @@ pub enum Input {
     },
     /// Time passed: expire what is due.
     Tick,
-    /// The store made a channel's appends durable up to `seq`.
+    /// The store made a channel's writes durable.
     Stored {
         /// The channel.
         channel: Ulid,
-        /// The last durable position.
+        /// The last durable history position (0: none in this batch).
         seq: u64,
+        /// The highest durable election number (0: none in this batch).
+        election: u64,
     },
     /// History read for a `CH_PULL`.
     Pulled {
@@ -292,9 +294,9 @@ impl Relay {
                 self.replay.forget(&id);
                 self.broadcast(Outbound::event(&UsrRmd { id }), None, out);
             }
-            Input::Stored { channel, seq } => {
+            Input::Stored { channel, seq, election } => {
                 let _ = self.with_channel(channel, out, |c, o| {
-                    c.stored(seq, o);
+                    c.stored(seq, election, o);
                     Ok(())
                 });
             }

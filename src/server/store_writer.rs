@@ -2,7 +2,8 @@
 //!
 //! It takes every job waiting in its queue, applies all writes in one
 //! transaction (one fsync for the batch, as strfry's writer does), and only
-//! then reports the appends durable to the hub, which announces the commits.
+//! then reports the appends and election numbers durable to the hub, which
+//! announces the commits and starts the elections.
 //! History reads for `CH_PULL` run after the writes queued before them.
 //! A failed write stops the server: nothing may be announced that is not stored.
 
@@ -66,17 +67,24 @@ pub(super) fn spawn(
                     let _ = hub.blocking_send(HubMsg::StoreFailed(e.to_string()));
                     return;
                 }
-                // Highest durable position per channel.
-                let mut durable: BTreeMap<Ulid, u64> = BTreeMap::new();
+                // Highest durable position and election number per channel.
+                let mut durable: BTreeMap<Ulid, (u64, u64)> = BTreeMap::new();
                 for op in writes.drain(..) {
-                    if let StoreOp::Append { channel, seq, .. } = op {
-                        let e = durable.entry(channel).or_default();
-                        *e = (*e).max(seq);
+                    match op {
+                        StoreOp::Append { channel, seq, .. } => {
+                            let e = durable.entry(channel).or_default();
+                            e.0 = e.0.max(seq);
+                        }
+                        StoreOp::SetElection { channel, election } => {
+                            let e = durable.entry(channel).or_default();
+                            e.1 = e.1.max(election);
+                        }
+                        _ => {}
                     }
                 }
-                for (channel, seq) in durable {
+                for (channel, (seq, election)) in durable {
                     // After a shutdown the hub is gone; the writes above still count.
-                    let _ = hub.blocking_send(HubMsg::Input(Input::Stored { channel, seq }));
+                    let _ = hub.blocking_send(HubMsg::Input(Input::Stored { channel, seq, election }));
                 }
             }
             for pull in pulls.drain(..) {
