@@ -389,3 +389,45 @@ async fn leaving_and_account_removal_update_members() {
     b.send(Command::ChCommit { id: m, acks: vec![bi] }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
 }
+
+#[tokio::test]
+async fn a_message_that_could_not_be_relayed_within_max_payload_is_refused() {
+    let ts = TestServer::start(&["alice", "bob"], |c| c.limits.max_payload = 1024).await;
+    let mut a = Client::connect_with_max_payload(ts.addr, &ts.user("alice"), 1024).await.unwrap();
+    let mut b = Client::connect_with_max_payload(ts.addr, &ts.user("bob"), 1024).await.unwrap();
+    let ch = channel_with("general", &mut a, &mut [&mut b]).await;
+    elect(ch, 1, &mut a, &mut [&mut b]).await;
+    // Fits the client's frame, but not the relayed frame plus its history entry.
+    let nonce =
+        a.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::binary(vec![0u8; 900]) }).await.unwrap();
+    let e = err_of(&mut a).await;
+    assert_eq!((code(&e), e.nonce_ref), (ErrorCode::BadPayload, Some(nonce)));
+    let ok = Ulid::new();
+    a.send(Command::ChMsg { id: ch, msg_id: ok, msg: Body::binary(vec![0u8; 700]) }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsg(m) if m.msg_id == ok).then_some(())).await;
+}
+
+#[tokio::test]
+async fn a_msg_id_live_in_one_channel_cannot_be_taken_by_another() {
+    let ts = TestServer::start(&["alice", "bob", "mallory"], |_| {}).await;
+    let (mut a, mut b, mut m) = (ts.connect("alice").await, ts.connect("bob").await, ts.connect("mallory").await);
+    let (ai, bi) = (a.credentials.id, b.credentials.id);
+    let good = channel_with("good", &mut a, &mut [&mut b]).await;
+    elect(good, 1, &mut a, &mut [&mut b]).await;
+    let evil = channel_with("evil", &mut m, &mut [&mut b]).await;
+    elect(evil, 1, &mut m, &mut [&mut b]).await;
+    let id = Ulid::new();
+    a.send(Command::ChMsg { id: good, msg_id: id, msg: Body::text("real") }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsg(x) if x.msg_id == id).then_some(())).await;
+    // mallory tries to capture the id in her channel, by message and by merge.
+    m.send(Command::ChMsg { id: evil, msg_id: id, msg: Body::text("fake") }).await.unwrap();
+    assert_eq!(code(&err_of(&mut m).await), ErrorCode::DuplicateMsg);
+    let fake = MergedMessage { id, from: bi, timestamp: now(), msg: Body::text("fake"), acks: vec![bi] };
+    m.send(Command::ChMerge { id: evil, msg: vec![fake] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut m).await), ErrorCode::DuplicateMsg);
+    // bob's ack lands where it belongs, and the commit goes through.
+    b.send(Command::AckChMsg { id }).await.unwrap();
+    a.send(Command::ChCommit { id, acks: vec![ai, bi] }).await.unwrap();
+    until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == id && k.channel == good).then_some(()))
+        .await;
+}

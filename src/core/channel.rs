@@ -95,7 +95,15 @@ pub struct ChannelLimits {
     pub max_pending: usize,
     /// Pending merges per channel.
     pub max_merges: usize,
+    /// Largest payload of any frame, sent or received.
+    pub max_payload: usize,
 }
+
+/// Bytes a one-message `CH_APPEND` adds to the relayed `CH_MSG` fields, not
+/// counting its acks: `anchor`, `messages`, `acks` and `more` keys and headers.
+const APPEND_OVERHEAD: usize = 96;
+/// Bytes one ack adds to a history entry (a 26-character id as msgpack str).
+const ACK_BYTES: usize = 27;
 
 #[derive(Debug, Clone)]
 struct Ballot {
@@ -417,8 +425,11 @@ impl Channel {
     fn start_ballot(&mut self, stored_election: u64, out: &mut Vec<ChannelEffect>) {
         let Some(b) = self.ballot.as_mut().filter(|b| !b.started && b.election <= stored_election) else { return };
         b.started = true;
+        // The voters are who was online at CH_LEAD; ask those still online.
         let frame = Outbound::event(&ChVoteRequest { channel: self.id, election: b.election, user: b.candidate });
-        self.to_online(&frame, out);
+        for &to in b.voters.intersection(&self.online) {
+            out.push(ChannelEffect::Send { to, frame: frame.clone() });
+        }
         self.tally(out);
     }
 
@@ -501,6 +512,18 @@ impl Channel {
             return Err(err(ErrorCode::RateLimited, "too many messages await commit in this channel"));
         }
         let frame = Outbound::event(&ChMsg { id: self.id, msg_id, msg: msg.clone(), from, timestamp: now });
+        // The relayed frame, and later its history entry with every possible
+        // ack, must fit max_payload like every frame the server sends.
+        let worst = frame.payload.len() + APPEND_OVERHEAD + ACK_BYTES * self.online.len();
+        if worst > self.limits.max_payload {
+            return Err(ProtoError::new(
+                ErrorCode::BadPayload,
+                format!(
+                    "message too large: relayed with its acks it would take {worst} of {} bytes",
+                    self.limits.max_payload
+                ),
+            ));
+        }
         self.to_online(&frame, out);
         let pending = Pending {
             from,
@@ -622,30 +645,57 @@ impl Channel {
         }
     }
 
-    /// `CH_MERGE {msg}` from `user`.
+    /// `CH_MERGE {msg}` from `user`. Returns the ids now awaiting confirmation.
     pub fn merge(
         &mut self,
         user: Ulid,
         messages: Vec<MergedMessage>,
         now: u64,
         out: &mut Vec<ChannelEffect>,
-    ) -> Result<(), ProtoError> {
+    ) -> Result<Vec<Ulid>, ProtoError> {
         if !self.members.contains(&user) {
             return Err(err(ErrorCode::NotMember, "you are not a member of this channel"));
         }
         let mut seen = BTreeSet::new();
-        let new: Vec<MergedMessage> =
+        let mut new: Vec<MergedMessage> =
             messages.into_iter().filter(|m| !self.knows(&m.id) && seen.insert(m.id)).collect();
         if self.merges.len() + new.len() > self.limits.max_merges {
             return Err(err(ErrorCode::RateLimited, "too many merged messages await confirmation in this channel"));
         }
+        for m in &mut new {
+            m.acks.sort_unstable();
+            m.acks.dedup();
+            // Its announcement must fit max_payload.
+            let entry = HistoryEntry {
+                id: m.id,
+                from: m.from,
+                msg: m.msg.clone(),
+                timestamp: m.timestamp,
+                acks: m.acks.clone(),
+            };
+            let frame = Outbound::event(&ChAppend {
+                id: self.id,
+                anchor: self.last_committed,
+                messages: vec![entry],
+                more: false,
+            });
+            if frame.payload.len() > self.limits.max_payload {
+                return Err(ProtoError::new(ErrorCode::BadPayload, format!("merged message {} is too large", m.id)));
+            }
+        }
+        let ids = new.iter().map(|m| m.id).collect();
         for m in new {
             let id = m.id;
             let merge = Merge { merger: user, entry: m, expires: now.saturating_add(self.limits.pending_ttl_s) };
             self.ask_confirmation(&merge, merge.entry.acks.iter(), out);
             self.merges.insert(id, merge);
         }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// True when the message is pending or awaiting merge confirmation here.
+    pub fn is_live(&self, msg_id: &Ulid) -> bool {
+        self.pending.contains_key(msg_id) || self.merges.contains_key(msg_id)
     }
 
     /// Sends `CH_MSG_CONFIRM` to those of `users` who are online, in the

@@ -84,6 +84,7 @@ impl Limits {
             pending_ttl_s: self.pending_ttl_s,
             max_pending: self.max_pending,
             max_merges: self.max_merges,
+            max_payload: self.max_payload,
         }
     }
 

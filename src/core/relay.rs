@@ -199,6 +199,10 @@ pub struct Relay {
     channel_names: HashMap<String, Ulid>,
     /// Account → the channels it is a member of.
     memberships: HashMap<Ulid, BTreeSet<Ulid>>,
+    /// Message ids pending or awaiting merge confirmation → their channel.
+    /// Message-only commands are routed by it, and it keeps ids unique across
+    /// channels so one channel cannot capture another's acks. Pruned each tick.
+    live_msgs: HashMap<Ulid, Ulid>,
     /// Reused buffer for channel output.
     channel_out: Vec<ChannelEffect>,
 }
@@ -221,6 +225,7 @@ impl Relay {
             channels: HashMap::new(),
             channel_names: HashMap::new(),
             memberships: HashMap::new(),
+            live_msgs: HashMap::new(),
             channel_out: Vec::new(),
         }
     }
@@ -314,6 +319,8 @@ impl Relay {
                         Ok(())
                     });
                 }
+                let channels = &self.channels;
+                self.live_msgs.retain(|msg, c| channels.get(c).is_some_and(|c| c.is_live(msg)));
                 self.replay.sweep(now);
                 while let Some(&(expires, key)) = self.deliveries_by_expiry.first() {
                     if expires > now {
@@ -541,20 +548,37 @@ impl Relay {
             Command::ChVote { channel, election, user } => {
                 self.with_channel(channel, out, |c, o| c.vote(me, election, user, o))
             }
-            Command::ChMsg { id, msg_id, msg } => self.with_channel(id, out, |c, o| c.message(me, msg_id, msg, now, o)),
+            Command::ChMsg { id, msg_id, msg } => {
+                if self.live_channel(&msg_id).is_some() {
+                    return Err(ProtoError::new(ErrorCode::DuplicateMsg, "this msg_id is in use"));
+                }
+                self.with_channel(id, out, |c, o| c.message(me, msg_id, msg, now, o))?;
+                self.live_msgs.insert(msg_id, id);
+                Ok(())
+            }
             Command::AckChMsg { id } => {
-                let channel = self.channel_knowing(me, |c| c.knows(&id))?;
+                let channel = self.message_channel(me, &id)?;
                 self.with_channel(channel, out, |c, o| c.ack(me, id, o))
             }
             Command::ChCommit { id, acks } => {
-                let channel = self.channel_knowing(me, |c| c.knows(&id))?;
+                let channel = self.message_channel(me, &id)?;
                 self.with_channel(channel, out, |c, o| c.commit(me, id, &acks, o))
             }
             Command::ChAckReq { id, users } => {
-                let channel = self.channel_knowing(me, |c| c.has_merge(&id))?;
+                let channel = self.live_channel(&id).ok_or_else(|| {
+                    ProtoError::new(ErrorCode::UnknownMsg, "no merge of that message awaits confirmation")
+                })?;
                 self.with_channel(channel, out, |c, o| c.ack_request(me, id, &users, o))
             }
-            Command::ChMerge { id, msg } => self.with_channel(id, out, |c, o| c.merge(me, msg, now, o)),
+            Command::ChMerge { id, msg } => {
+                if let Some(taken) = msg.iter().find(|m| self.live_channel(&m.id).is_some_and(|c| c != id)) {
+                    return Err(ProtoError::new(ErrorCode::DuplicateMsg, format!("msg_id {} is in use", taken.id)));
+                }
+                for msg_id in self.with_channel(id, out, |c, o| c.merge(me, msg, now, o))? {
+                    self.live_msgs.insert(msg_id, id);
+                }
+                Ok(())
+            }
             Command::ChPull { id, anchor } => {
                 let c = self.channels.get(&id).ok_or_else(no_such_channel)?;
                 if !c.is_member(&me) {
@@ -596,24 +620,29 @@ impl Relay {
         Ok(())
     }
 
-    /// The one of `me`'s channels for which `pick` holds.
-    fn channel_knowing(&self, me: Ulid, pick: impl Fn(&Channel) -> bool) -> Result<Ulid, ProtoError> {
-        self.memberships
-            .get(&me)
-            .into_iter()
-            .flatten()
-            .find(|id| self.channels.get(id).is_some_and(&pick))
-            .copied()
+    /// The channel where `msg_id` is pending or awaiting merge confirmation.
+    fn live_channel(&self, msg_id: &Ulid) -> Option<Ulid> {
+        self.live_msgs.get(msg_id).copied().filter(|c| self.channels.get(c).is_some_and(|c| c.is_live(msg_id)))
+    }
+
+    /// The channel a message-only command (ACK_CH_MSG, CH_COMMIT) is about:
+    /// where the message is live, else one of `me`'s channels that committed it.
+    fn message_channel(&self, me: Ulid, msg_id: &Ulid) -> Result<Ulid, ProtoError> {
+        self.live_channel(msg_id)
+            .or_else(|| {
+                let mine = self.memberships.get(&me).into_iter().flatten();
+                mine.copied().find(|c| self.channels.get(c).is_some_and(|c| c.seq_of(msg_id).is_some()))
+            })
             .ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "no such message in your channels"))
     }
 
     /// Runs `f` on a channel and routes what it emits.
-    fn with_channel(
+    fn with_channel<T>(
         &mut self,
         id: Ulid,
         out: &mut Vec<Effect>,
-        f: impl FnOnce(&mut Channel, &mut Vec<ChannelEffect>) -> Result<(), ProtoError>,
-    ) -> Result<(), ProtoError> {
+        f: impl FnOnce(&mut Channel, &mut Vec<ChannelEffect>) -> Result<T, ProtoError>,
+    ) -> Result<T, ProtoError> {
         let channel = self.channels.get_mut(&id).ok_or_else(no_such_channel)?;
         let mut effects = std::mem::take(&mut self.channel_out);
         let result = f(channel, &mut effects);

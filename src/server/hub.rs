@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{CloseMode, ConnHandle, OfferError};
-use super::store_writer::StoreJob;
+use super::store_writer::{StoreJob, StoreReply};
 use crate::core::{ConnId, Effect, Input, Relay};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
 
@@ -38,14 +38,13 @@ pub enum HubMsg {
     },
     /// Close every connection with `ERR shutdown`, then answer.
     Shutdown(oneshot::Sender<()>),
-    /// The store failed: the server must stop.
-    StoreFailed(String),
 }
 
 pub(super) async fn run(
     mut relay: Relay,
     mut rx: mpsc::Receiver<HubMsg>,
     store: mpsc::Sender<StoreJob>,
+    mut replies: mpsc::UnboundedReceiver<StoreReply>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
@@ -56,6 +55,14 @@ pub(super) async fn run(
     loop {
         let msg = tokio::select! {
             msg = rx.recv() => msg,
+            Some(reply) = replies.recv() => match reply {
+                StoreReply::Input(input) => Some(HubMsg::Input(input)),
+                StoreReply::Failed(error) => {
+                    tracing::error!(%error, "the store failed: shutting down");
+                    stop.cancel();
+                    continue;
+                }
+            },
             _ = tick.tick() => Some(HubMsg::Input(Input::Tick)),
         };
         match msg {
@@ -78,10 +85,6 @@ pub(super) async fn run(
                     handle.close(last, CloseMode::Flush);
                 }
                 pending.push_back(Input::Closed { conn });
-            }
-            Some(HubMsg::StoreFailed(error)) => {
-                tracing::error!(%error, "the store failed: shutting down");
-                stop.cancel();
             }
         }
         let now = super::now_unix();

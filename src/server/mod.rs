@@ -176,8 +176,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
-    let store_thread = store_writer::spawn(writer_store, store_rx, shared.hub.clone());
-    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, stop.clone()));
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx);
+    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone()));
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");

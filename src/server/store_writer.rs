@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use ulid::Ulid;
 
-use super::hub::HubMsg;
 use crate::core::{ConnId, Input, StoreOp};
 use crate::store::Store;
 
@@ -39,11 +38,23 @@ pub enum StoreJob {
     },
 }
 
+/// What the store thread tells the hub. These go on their own unbounded
+/// channel: a reply never waits for the hub, which may itself be waiting for
+/// room in the store queue. Each reply answers a job, so the job queue's
+/// bound bounds them too.
+#[derive(Debug)]
+pub enum StoreReply {
+    /// Writes are durable, or a read is done.
+    Input(Input),
+    /// A write or read failed: the server must stop.
+    Failed(String),
+}
+
 /// Runs the store thread until the queue closes and is drained.
 pub(super) fn spawn(
     mut store: Store,
     mut rx: mpsc::Receiver<StoreJob>,
-    hub: mpsc::Sender<HubMsg>,
+    hub: mpsc::UnboundedSender<StoreReply>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut writes = Vec::new();
@@ -64,7 +75,7 @@ pub(super) fn spawn(
             if !writes.is_empty() {
                 if let Err(e) = store.apply(&writes) {
                     tracing::error!(error = %e, "store write failed; stopping the server");
-                    let _ = hub.blocking_send(HubMsg::StoreFailed(e.to_string()));
+                    let _ = hub.send(StoreReply::Failed(e.to_string()));
                     return;
                 }
                 // Highest durable position and election number per channel.
@@ -84,19 +95,18 @@ pub(super) fn spawn(
                 }
                 for (channel, (seq, election)) in durable {
                     // After a shutdown the hub is gone; the writes above still count.
-                    let _ = hub.blocking_send(HubMsg::Input(Input::Stored { channel, seq, election }));
+                    let _ = hub.send(StoreReply::Input(Input::Stored { channel, seq, election }));
                 }
             }
             for pull in pulls.drain(..) {
                 let StoreJob::Pull { conn, channel, anchor, after_seq, limit } = pull else { continue };
                 match store.history_after(&channel, after_seq, limit) {
                     Ok((entries, more)) => {
-                        let _ =
-                            hub.blocking_send(HubMsg::Input(Input::Pulled { conn, channel, anchor, entries, more }));
+                        let _ = hub.send(StoreReply::Input(Input::Pulled { conn, channel, anchor, entries, more }));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "history read failed; stopping the server");
-                        let _ = hub.blocking_send(HubMsg::StoreFailed(e.to_string()));
+                        let _ = hub.send(StoreReply::Failed(e.to_string()));
                         return;
                     }
                 }

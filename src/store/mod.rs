@@ -99,8 +99,13 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew(version));
         }
+        if version == SCHEMA_VERSION {
+            return Ok(Self { conn });
+        }
+        // IMMEDIATE: a deferred transaction that reads and then writes fails at
+        // once (SQLITE_BUSY_SNAPSHOT) if a running server commits in between.
         conn.execute_batch(
-            "BEGIN;
+            "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
              INSERT OR IGNORE INTO meta (k, v) VALUES ('accounts_rev', 0);
              CREATE TABLE IF NOT EXISTS accounts (
@@ -113,7 +118,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS channels (
                  id TEXT PRIMARY KEY,
                  name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-                 election INTEGER NOT NULL DEFAULT 0,
+                 -- u64, 8 bytes big-endian: compares bytewise, so max() is numeric.
+                 election BLOB NOT NULL,
                  created_at INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS members (
@@ -246,8 +252,8 @@ impl Store {
             match op {
                 StoreOp::CreateChannel { id, name, creator, created_at } => {
                     tx.execute(
-                        "INSERT INTO channels (id, name, election, created_at) VALUES (?1, ?2, 0, ?3)",
-                        params![id.to_string(), name, created_at],
+                        "INSERT INTO channels (id, name, election, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![id.to_string(), name, &0u64.to_be_bytes()[..], created_at],
                     )?;
                     add_member(&tx, id, creator)?;
                 }
@@ -262,7 +268,7 @@ impl Store {
                     // Election numbers only grow, even if writes were ever reordered.
                     tx.execute(
                         "UPDATE channels SET election = max(election, ?1) WHERE id = ?2",
-                        params![i64::try_from(*election).unwrap_or(i64::MAX), channel.to_string()],
+                        params![&election.to_be_bytes()[..], channel.to_string()],
                     )?;
                 }
                 StoreOp::Append { channel, seq, entry } => {
@@ -296,10 +302,14 @@ impl Store {
     pub fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
         let mut channels: HashMap<String, ChannelSnapshot> = HashMap::new();
         let mut stmt = self.conn.prepare("SELECT id, name, election FROM channels")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+        for row in
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))?
+        {
             let (id, name, election) = row?;
             let ulid = parse_id(&id)?;
-            let election = u64::try_from(election).map_err(|_| StoreError::Corrupt(format!("election of {id}")))?;
+            let election: [u8; 8] =
+                election.try_into().map_err(|_| StoreError::Corrupt(format!("election of {id}")))?;
+            let election = u64::from_be_bytes(election);
             channels.insert(id, ChannelSnapshot { id: ulid, name, election, ..ChannelSnapshot::default() });
         }
         let mut stmt = self.conn.prepare("SELECT channel, account FROM members")?;
