@@ -6,7 +6,7 @@
 //! elections, commits, pulls) is the [`Agent`]'s; `View` is the pure part
 //! that turns events and lines into text and commands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -24,6 +24,10 @@ pub struct View {
     /// Every channel from the last `LST_CH`, by lower-cased name.
     known_channels: HashMap<String, Ulid>,
     current: Option<Ulid>,
+    /// The name of the channel asked for with `/new`, until it exists.
+    creating: Option<String>,
+    /// Messages this client sent and has not yet seen committed.
+    mine: HashSet<Ulid>,
     /// The reference behaviour.
     pub agent: Agent,
 }
@@ -47,7 +51,15 @@ impl View {
     pub fn new(me: Ulid, my_name: &str, seed: u64) -> Self {
         let mut names = HashMap::new();
         names.insert(me, my_name.to_owned());
-        Self { me, names, known_channels: HashMap::new(), current: None, agent: Agent::new(me, seed) }
+        Self {
+            me,
+            names,
+            known_channels: HashMap::new(),
+            current: None,
+            creating: None,
+            mine: HashSet::new(),
+            agent: Agent::new(me, seed),
+        }
     }
 
     fn name(&self, id: &Ulid) -> String {
@@ -55,7 +67,8 @@ impl View {
     }
 
     fn channel_name(&self, id: &Ulid) -> String {
-        self.agent.channels().get(id).map(|c| format!("#{}", c.name.trim_start_matches('#'))).unwrap_or_else(|| {
+        let known = self.agent.channels().get(id).filter(|c| !c.name.is_empty());
+        known.map(|c| format!("#{}", c.name.trim_start_matches('#'))).unwrap_or_else(|| {
             self.known_channels
                 .iter()
                 .find(|(_, v)| *v == id)
@@ -127,6 +140,10 @@ impl View {
             ServerEvent::ChUjoin(u) => {
                 if u.user == self.me {
                     self.current = Some(u.channel);
+                    // A channel this client just created: its status (and name) follows.
+                    if let Some(name) = self.creating.take() {
+                        self.known_channels.entry(name.to_ascii_lowercase()).or_insert(u.channel);
+                    }
                 }
                 show(format!("* {} joined {}", self.name(&u.user), self.channel_name(&u.channel)));
             }
@@ -164,7 +181,9 @@ impl View {
             ServerEvent::ChMsgAck(_) => {}
             ServerEvent::ChMsgCommit(c) => {
                 // Shown for our own messages: the moment they are safe.
-                let _ = c;
+                if self.mine.remove(&c.id) {
+                    show(format!("✓ committed in {} ({} acks)", self.channel_name(&c.channel), c.acks.len()));
+                }
             }
             ServerEvent::ChAppend(a) => {
                 for m in &a.messages {
@@ -180,7 +199,12 @@ impl View {
                 }
             }
             ServerEvent::ChMsgConfirm(_) => {}
-            ServerEvent::Err(e) => show(format!("! {}: {}", e.code, e.reason)),
+            ServerEvent::Err(e) => {
+                if let Some(id) = e.msg_id {
+                    self.mine.remove(&id);
+                }
+                show(format!("! {}: {}", e.code, e.reason))
+            }
             ServerEvent::Other { command, .. } => show(format!("({command})")),
         }
         r
@@ -203,7 +227,11 @@ impl View {
             "/who" => r.send.push(Command::LstUsr),
             "/list" => r.send.push(Command::ChLst),
             "/help" => r.lines.push(HELP.to_owned()),
-            "/new" if !rest.is_empty() => r.send.push(Command::ChNew { name: rest.trim_start_matches('#').to_owned() }),
+            "/new" if !rest.is_empty() => {
+                let name = rest.trim_start_matches('#').to_owned();
+                self.creating = Some(name.clone());
+                r.send.push(Command::ChNew { name });
+            }
             "/join" => match self.resolve_channel(rest) {
                 Some(id) => r.send.push(Command::ChJoin { id }),
                 None => r.lines.push(format!("! unknown channel {rest:?} (try /list)")),
@@ -232,7 +260,11 @@ impl View {
             }
             _ if cmd.starts_with('/') => r.lines.push(format!("! unknown or incomplete command {cmd}; {HELP}")),
             _ => match self.current {
-                Some(id) => r.send.push(Command::ChMsg { id, msg_id: Ulid::new(), msg: Body::text(line) }),
+                Some(id) => {
+                    let msg_id = Ulid::new();
+                    self.mine.insert(msg_id);
+                    r.send.push(Command::ChMsg { id, msg_id, msg: Body::text(line) });
+                }
                 None => r.lines.push(format!("! you are in no channel: /list, /join NAME or /new NAME; {HELP}")),
             },
         }
@@ -296,5 +328,31 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
             while let Ok(Some(_)) = reader.recv().await {}
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::event::{ChMsgCommit, ChannelUser};
+
+    #[test]
+    fn typing_text_goes_to_the_current_channel_and_its_commit_is_shown() {
+        let (me, ch) = (Ulid::from(1u128), Ulid::from(100u128));
+        let mut v = View::new(me, "alice", 1);
+        let r = v.on_line("hello");
+        assert!(r.send.is_empty() && r.lines[0].contains("no channel"));
+        let r = v.on_line("/new general");
+        assert_eq!(r.send, vec![Command::ChNew { name: "general".into() }]);
+        let r = v.on_event(ServerEvent::ChUjoin(ChannelUser { channel: ch, user: me }), "t", 0);
+        assert!(r.lines[0].contains("alice joined #general"), "{:?}", r.lines);
+        let r = v.on_line("hello");
+        let [Command::ChMsg { id, msg_id, msg }] = &r.send[..] else { panic!("{:?}", r.send) };
+        assert_eq!((*id, msg.clone()), (ch, Body::text("hello")));
+        let commit = ServerEvent::ChMsgCommit(ChMsgCommit { id: *msg_id, channel: ch, acks: vec![me] });
+        assert!(v.on_event(commit.clone(), "t", 0).lines[0].contains("✓ committed"));
+        assert!(v.on_event(commit, "t", 0).lines.is_empty(), "shown once");
+        assert!(v.on_line("/frobnicate").lines[0].contains("unknown"));
+        assert_eq!(v.on_line("/quit").send, vec![Command::Dcnn]);
     }
 }
