@@ -21,7 +21,7 @@ async fn oversize_len_is_too_large() {
         raw.send(bytes).await;
         raw.expect_fatal(ErrorCode::TooLarge).await;
     }
-    // Exactly max_payload is a legal LEN: the server waits for the payload.
+    // (Exactly max_payload is legal: tests/session.rs checks it after CNN.)
     assert_still_serving(&ts).await;
 }
 

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use sigil::proto::event::Sinfo;
-use sigil::proto::{Command, ErrorCode, ServerEvent};
+use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn unsigned_info_before_cnn_gets_unsigned_sinfo() {
@@ -244,4 +245,119 @@ async fn a_user_list_larger_than_max_payload_comes_in_pages() {
         }
     }
     assert_eq!(seen, names, "every user once, in name order, across pages");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_right_after_its_requests_still_gets_the_replies() {
+    let ts = TestServer::start(&["alice", "bob"], |_| {}).await;
+    let mut bob = ts.connect("bob").await;
+    let alice = ts.user("alice");
+    let mut raw = ts.raw().await;
+    let mut bytes = signed(&alice, Command::Cnn { id: alice.id }, 1, now());
+    bytes.extend(signed(&alice, Command::LstUsr, 2, now()));
+    raw.send(&bytes).await;
+    raw.stream.shutdown().await.unwrap();
+    let commands: Vec<String> = {
+        let mut v = Vec::new();
+        while let Some(f) = raw.frame().await {
+            v.push(f.command.as_str().to_owned());
+        }
+        v
+    };
+    assert_eq!(commands, ["UCNN", "USR_LST"], "replies to what was sent before the close");
+    // bob saw alice come and go.
+    assert!(matches!(next(&mut bob).await, ServerEvent::Ucnn(u) if u.id == alice.id));
+    assert!(matches!(next(&mut bob).await, ServerEvent::Udcnn(u) if u.id == alice.id));
+}
+
+#[tokio::test]
+async fn a_malformed_cnn_is_not_fatal_and_a_missing_tag_looks_like_a_wrong_one() {
+    let ts = TestServer::start(&["alice"], |_| {}).await;
+    let alice = ts.user("alice");
+    let mut raw = ts.raw().await;
+    raw.send(&signed_raw(&alice, "CNN", &[0x80])).await;
+    let (f, e) = raw.expect_err().await;
+    assert_eq!(e.code, "bad_payload");
+    assert!(f.signature.is_none());
+    raw.authenticate(&alice).await;
+
+    let mut answers = Vec::new();
+    for tag in [false, true] {
+        let mut raw = ts.raw().await;
+        let payload = Request {
+            envelope: Envelope { nonce: rand::random(), timestamp: now() },
+            command: Command::Cnn { id: alice.id },
+        }
+        .encode()
+        .1;
+        let mut frame = format!("CNN\n{}\n", payload.len()).into_bytes();
+        if tag {
+            frame.extend_from_slice(&[b'0'; 128]);
+        }
+        frame.push(b'\n');
+        frame.extend_from_slice(&payload);
+        raw.send(&frame).await;
+        let (f, _) = raw.expect_fatal(ErrorCode::AuthFailed).await;
+        answers.push(f.payload);
+    }
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test]
+async fn an_unauthenticated_info_flood_is_a_slow_consumer() {
+    let ts = TestServer::start(&["alice"], |c| c.outbound_queue = 4).await;
+    let mut raw = ts.raw().await;
+    // Far more INFOs than the queue holds, without reading; the kernel buffers
+    // absorb some answers, so keep going (bounded) until the server gives up.
+    let mut closed = false;
+    for _ in 0..200 {
+        if raw.stream.write_all(&b"INFO\n0\n\n".repeat(500)).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let mut saw = false;
+    while let Some(f) = raw.frame().await {
+        if f.command.as_str() == "ERR" {
+            let e: sigil::proto::event::ErrPayload = rmp_serde::from_slice(&f.payload).unwrap();
+            saw |= e.code == "slow_consumer";
+        }
+    }
+    assert!(saw || closed, "the flooder is dropped");
+    let _ = ts.connect("alice").await;
+}
+
+#[tokio::test]
+async fn len_is_capped_before_cnn_and_max_payload_is_accepted_after() {
+    let ts = TestServer::start(&["alice"], |_| {}).await;
+    let mut raw = ts.raw().await;
+    raw.send(b"INFO\n1025\n\n").await;
+    raw.expect_fatal(ErrorCode::TooLarge).await;
+
+    let alice = ts.user("alice");
+    let mut raw = ts.raw().await;
+    raw.authenticate(&alice).await;
+    // A LST_USR padded with an unknown key to exactly max_payload bytes.
+    let build = |pad: usize| {
+        let mut v = Vec::new();
+        rmpv::encode::write_value(
+            &mut v,
+            &rmpv::Value::Map(vec![
+                ("nonce".into(), 7u64.into()),
+                ("timestamp".into(), now().into()),
+                ("pad".into(), rmpv::Value::Binary(vec![0; pad])),
+            ]),
+        )
+        .unwrap();
+        v
+    };
+    let overhead = build(60_000).len() - 60_000;
+    let payload = build(65_536 - overhead);
+    assert_eq!(payload.len(), 65_536);
+    raw.send(&signed_raw(&alice, "LST_USR", &payload)).await;
+    assert_eq!(raw.frame().await.unwrap().command.as_str(), "USR_LST");
+    let mut too_big = b"LST_USR\n65537\n".to_vec();
+    too_big.extend_from_slice(&[b'0'; 128]);
+    raw.send(&too_big).await;
+    raw.expect_fatal(ErrorCode::TooLarge).await;
 }
