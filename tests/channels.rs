@@ -142,6 +142,9 @@ async fn refusals_name_taken_bad_election_already_voted_not_leader_bad_commit_du
     let e = err_of(&mut c).await;
     assert_eq!((code(&e), e.nonce_ref), (ErrorCode::ChannelUnhealthy, Some(nonce)));
 
+    // One CH_LEAD cannot use up the election numbers.
+    a.send(Command::ChLead { channel: ch, election: u64::MAX }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadElection);
     // alice stands; bob votes twice; carol votes for the wrong candidate.
     a.send(Command::ChLead { channel: ch, election: 5 }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChVote(_)).then_some(())).await;

@@ -104,6 +104,9 @@ pub struct ChannelLimits {
 const APPEND_OVERHEAD: usize = 96;
 /// Bytes one ack adds to a history entry (a 26-character id as msgpack str).
 const ACK_BYTES: usize = 27;
+/// Largest step from one election number to the next: keeps one member from
+/// using up the number space (and so all future elections) with one CH_LEAD.
+pub const MAX_ELECTION_STEP: u64 = 1 << 32;
 
 #[derive(Debug, Clone)]
 struct Ballot {
@@ -405,10 +408,10 @@ impl Channel {
         if self.leader.is_some() {
             return Err(err(ErrorCode::BadElection, "the channel has a leader"));
         }
-        if election <= self.election {
+        if election <= self.election || election - self.election > MAX_ELECTION_STEP {
             return Err(ProtoError::new(
                 ErrorCode::BadElection,
-                format!("election must be greater than the current {}", self.election),
+                format!("election must be greater than the current {} by at most 2^32", self.election),
             ));
         }
         self.election = election;
@@ -556,7 +559,7 @@ impl Channel {
             return Ok(());
         }
         if let Some(m) = self.merges.get(&msg_id) {
-            if user == m.merger || !m.entry.acks.contains(&user) {
+            if user == m.merger || !m.entry.acks.contains(&user) || !self.members.contains(&user) {
                 return Err(err(ErrorCode::UnknownMsg, "you are not asked to confirm that message"));
             }
             if let Some(m) = self.merges.remove(&msg_id) {
@@ -673,12 +676,9 @@ impl Channel {
                 timestamp: m.timestamp,
                 acks: m.acks.clone(),
             };
-            let frame = Outbound::event(&ChAppend {
-                id: self.id,
-                anchor: self.last_committed,
-                messages: vec![entry],
-                more: false,
-            });
+            // The anchor is the last committed id when it is confirmed: count a full id.
+            let frame =
+                Outbound::event(&ChAppend { id: self.id, anchor: Some(m.id), messages: vec![entry], more: false });
             if frame.payload.len() > self.limits.max_payload {
                 return Err(ProtoError::new(ErrorCode::BadPayload, format!("merged message {} is too large", m.id)));
             }

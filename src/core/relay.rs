@@ -549,6 +549,8 @@ impl Relay {
                 self.with_channel(channel, out, |c, o| c.vote(me, election, user, o))
             }
             Command::ChMsg { id, msg_id, msg } => {
+                // Membership first: non-members learn nothing about ids in use.
+                self.member_of(me, id)?;
                 if self.live_channel(&msg_id).is_some() {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, "this msg_id is in use"));
                 }
@@ -571,6 +573,7 @@ impl Relay {
                 self.with_channel(channel, out, |c, o| c.ack_request(me, id, &users, o))
             }
             Command::ChMerge { id, msg } => {
+                self.member_of(me, id)?;
                 if let Some(taken) = msg.iter().find(|m| self.live_channel(&m.id).is_some_and(|c| c != id)) {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, format!("msg_id {} is in use", taken.id)));
                 }
@@ -580,10 +583,7 @@ impl Relay {
                 Ok(())
             }
             Command::ChPull { id, anchor } => {
-                let c = self.channels.get(&id).ok_or_else(no_such_channel)?;
-                if !c.is_member(&me) {
-                    return Err(ProtoError::new(ErrorCode::NotMember, "you are not a member of this channel"));
-                }
+                let c = self.member_of(me, id)?;
                 let after_seq = match anchor {
                     None => 0,
                     Some(a) => c.seq_of(&a).ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "unknown anchor"))?,
@@ -618,6 +618,15 @@ impl Relay {
         self.route(&mut effects, out);
         self.channel_out = effects;
         Ok(())
+    }
+
+    /// The channel `id`, if it exists and `me` is a member.
+    fn member_of(&self, me: Ulid, id: Ulid) -> Result<&Channel, ProtoError> {
+        let c = self.channels.get(&id).ok_or_else(no_such_channel)?;
+        if !c.is_member(&me) {
+            return Err(ProtoError::new(ErrorCode::NotMember, "you are not a member of this channel"));
+        }
+        Ok(c)
     }
 
     /// The channel where `msg_id` is pending or awaiting merge confirmation.

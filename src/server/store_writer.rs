@@ -40,8 +40,9 @@ pub enum StoreJob {
 
 /// What the store thread tells the hub. These go on their own unbounded
 /// channel: a reply never waits for the hub, which may itself be waiting for
-/// room in the store queue. Each reply answers a job, so the job queue's
-/// bound bounds them too.
+/// room in the store queue (a bounded reply queue could deadlock the two).
+/// There is at most one reply per job taken (fewer for writes: one per
+/// channel per batch), and the hub reads replies alongside its other input.
 #[derive(Debug)]
 pub enum StoreReply {
     /// Writes are durable, or a read is done.

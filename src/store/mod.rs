@@ -302,14 +302,19 @@ impl Store {
     pub fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
         let mut channels: HashMap<String, ChannelSnapshot> = HashMap::new();
         let mut stmt = self.conn.prepare("SELECT id, name, election FROM channels")?;
-        for row in
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))?
-        {
+        let rows = stmt.query_map([], |r| {
+            // 8 bytes big-endian; builds before that stored a plain integer.
+            let election = match r.get_ref(2)? {
+                rusqlite::types::ValueRef::Blob(b) => <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes),
+                rusqlite::types::ValueRef::Integer(i) => u64::try_from(i).ok(),
+                _ => None,
+            };
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, election))
+        })?;
+        for row in rows {
             let (id, name, election) = row?;
             let ulid = parse_id(&id)?;
-            let election: [u8; 8] =
-                election.try_into().map_err(|_| StoreError::Corrupt(format!("election of {id}")))?;
-            let election = u64::from_be_bytes(election);
+            let election = election.ok_or_else(|| StoreError::Corrupt(format!("election of {id}")))?;
             channels.insert(id, ChannelSnapshot { id: ulid, name, election, ..ChannelSnapshot::default() });
         }
         let mut stmt = self.conn.prepare("SELECT channel, account FROM members")?;
