@@ -115,19 +115,15 @@ enum AccountCmd {
     Add {
         /// 1 to 32 of A-Z a-z 0-9 _ . - (unique, ignoring case).
         name: String,
-        #[arg(long, default_value = "sigil.db")]
-        db: PathBuf,
-        /// Print {"id", "name", "key"} as JSON (writes no file unless --out is given).
-        #[arg(long)]
-        json: bool,
-        /// Credentials file to write (default NAME.cred without --json).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        secret: SecretOut,
     },
     /// List accounts (never their keys).
     List {
-        #[arg(long, default_value = "sigil.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -136,22 +132,37 @@ enum AccountCmd {
     Remove {
         /// Name or id.
         account: String,
-        #[arg(long, default_value = "sigil.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
     },
     /// Give an account a new key; its live session is closed.
     Rotate {
         /// Name or id.
         account: String,
-        #[arg(long, default_value = "sigil.db")]
-        db: PathBuf,
-        /// Print {"id", "name", "key"} as JSON (writes no file unless --out is given).
-        #[arg(long)]
-        json: bool,
-        /// Credentials file to write (default NAME.cred without --json).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        secret: SecretOut,
     },
+}
+
+/// The database an account command works on.
+#[derive(Args)]
+struct DbArg {
+    /// SQLite database file (created if missing).
+    #[arg(long, default_value = "sigil.db")]
+    db: PathBuf,
+}
+
+/// How a new secret is shown.
+#[derive(Args)]
+struct SecretOut {
+    /// Print {"id", "name", "key"} as JSON (writes no file unless --out is given).
+    #[arg(long)]
+    json: bool,
+    /// Credentials file to write (default NAME.cred without --json).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn server_name(s: &str) -> std::result::Result<String, String> {
@@ -263,7 +274,7 @@ fn credentials_of(a: &StoredAccount) -> Credentials {
 }
 
 /// Shows a new secret: as JSON, or by writing a credentials file.
-fn show_secret(account: &StoredAccount, json: bool, out: Option<PathBuf>, verb: &str) -> Result<()> {
+fn show_secret(account: &StoredAccount, SecretOut { json, out }: SecretOut, verb: &str) -> Result<()> {
     let cred = credentials_of(account);
     let path = match (json, out) {
         (_, Some(p)) => Some(p),
@@ -287,12 +298,12 @@ fn show_secret(account: &StoredAccount, json: bool, out: Option<PathBuf>, verb: 
 fn account(cmd: AccountCmd) -> Result<()> {
     let open = |db: &Path| Store::open(db);
     match cmd {
-        AccountCmd::Add { name, db, json, out } => {
-            let account = open(&db)?.add_account(&name, server::now_unix())?;
-            show_secret(&account, json, out, "created")
+        AccountCmd::Add { name, db, secret } => {
+            let account = open(&db.db)?.add_account(&name, server::now_unix())?;
+            show_secret(&account, secret, "created")
         }
         AccountCmd::List { db, json } => {
-            for a in open(&db)?.accounts()? {
+            for a in open(&db.db)?.accounts()? {
                 if json {
                     println!(
                         "{}",
@@ -305,13 +316,13 @@ fn account(cmd: AccountCmd) -> Result<()> {
             Ok(())
         }
         AccountCmd::Remove { account, db } => {
-            let a = open(&db)?.remove_account(&account)?;
+            let a = open(&db.db)?.remove_account(&account)?;
             println!("removed account {} ({})", a.name, a.id);
             Ok(())
         }
-        AccountCmd::Rotate { account, db, json, out } => {
-            let a = open(&db)?.rotate_key(&account)?;
-            show_secret(&a, json, out, "rotated the key of")
+        AccountCmd::Rotate { account, db, secret } => {
+            let a = open(&db.db)?.rotate_key(&account)?;
+            show_secret(&a, secret, "rotated the key of")
         }
     }
 }

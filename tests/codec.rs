@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use sigil::wire::{encode_frame, Frame, FrameCodec, FrameError, OutFrame};
+use sigil::wire::{encode_frame, Frame, FrameCodec, OutFrame};
 use tokio_util::codec::Decoder;
 
 const MAX: usize = 1024;
@@ -44,36 +44,10 @@ fn encode(specs: &[Spec], crlf_blank: bool) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Decodes `chunks` fed one after another, then EOF.
+/// Decodes `chunks` fed one after another, then EOF; a fault as its wire code.
 fn decode_chunks(chunks: &[&[u8]]) -> (Vec<Frame>, Option<String>) {
-    let mut codec = FrameCodec::new(MAX);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(e) => return (frames, Some(kind(&e))),
-            }
-        }
-    }
-    loop {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(f)) => frames.push(f),
-            Ok(None) => return (frames, None),
-            Err(e) => return (frames, Some(kind(&e))),
-        }
-    }
-}
-
-/// The wire code the server sends for a framing fault.
-fn kind(e: &FrameError) -> String {
-    match e {
-        FrameError::TooLarge { .. } => "too_large".into(),
-        _ => "bad_frame".into(),
-    }
+    let (frames, fault) = sigil::fuzzing::decode_chunks(MAX, chunks.iter().copied());
+    (frames, fault.map(|too_large| if too_large { "too_large" } else { "bad_frame" }.to_owned()))
 }
 
 fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {

@@ -9,5 +9,5 @@ pub mod session;
 
 pub use channel::{Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
 pub use config::Limits;
-pub use relay::{ConnId, Effect, Input, Relay};
+pub use relay::{ConnId, Effect, Input, PullRequest, Relay};
 pub use session::{AccountKey, Session, SessionOutput};

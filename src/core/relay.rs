@@ -159,18 +159,22 @@ pub enum Effect {
     /// Write to the store; appends are reported back as [`Input::Stored`].
     Store(StoreOp),
     /// Read history for a `CH_PULL`; answered as [`Input::Pulled`].
-    Pull {
-        /// The asking connection.
-        conn: ConnId,
-        /// The channel.
-        channel: Ulid,
-        /// The anchor the client gave.
-        anchor: Option<Ulid>,
-        /// Read positions after this one.
-        after_seq: u64,
-        /// At most this many messages.
-        limit: usize,
-    },
+    Pull(PullRequest),
+}
+
+/// A history read for a `CH_PULL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The asking connection.
+    pub conn: ConnId,
+    /// The channel.
+    pub channel: Ulid,
+    /// The anchor the client gave.
+    pub anchor: Option<Ulid>,
+    /// Read positions after this one.
+    pub after_seq: u64,
+    /// At most this many messages.
+    pub limit: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -588,7 +592,13 @@ impl Relay {
                     None => 0,
                     Some(a) => c.seq_of(&a).ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "unknown anchor"))?,
                 };
-                out.push(Effect::Pull { conn, channel: id, anchor, after_seq, limit: self.limits.pull_page });
+                out.push(Effect::Pull(PullRequest {
+                    conn,
+                    channel: id,
+                    anchor,
+                    after_seq,
+                    limit: self.limits.pull_page,
+                }));
                 Ok(())
             }
             other => {

@@ -131,8 +131,8 @@ pub(super) async fn run(
                             stop.cancel();
                         }
                     }
-                    Effect::Pull { conn, channel, anchor, after_seq, limit } => {
-                        if store.send(StoreJob::Pull { conn, channel, anchor, after_seq, limit }).await.is_err() {
+                    Effect::Pull(pull) => {
+                        if store.send(StoreJob::Pull(pull)).await.is_err() {
                             stop.cancel();
                         }
                     }

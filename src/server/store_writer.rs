@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use ulid::Ulid;
 
-use crate::core::{ConnId, Input, StoreOp};
+use crate::core::{Input, PullRequest, StoreOp};
 use crate::store::Store;
 
 /// Jobs gathered into one transaction at most.
@@ -24,18 +24,7 @@ pub enum StoreJob {
     /// A write from the core.
     Write(StoreOp),
     /// A history read for `CH_PULL`.
-    Pull {
-        /// The asking connection.
-        conn: ConnId,
-        /// The channel.
-        channel: Ulid,
-        /// The anchor the client gave.
-        anchor: Option<Ulid>,
-        /// Read after this position.
-        after_seq: u64,
-        /// At most this many messages.
-        limit: usize,
-    },
+    Pull(PullRequest),
 }
 
 /// What the store thread tells the hub. These go on their own unbounded
@@ -66,7 +55,7 @@ pub(super) fn spawn(
             while let Some(j) = job.take() {
                 match j {
                     StoreJob::Write(op) => writes.push(op),
-                    pull @ StoreJob::Pull { .. } => pulls.push(pull),
+                    StoreJob::Pull(pull) => pulls.push(pull),
                 }
                 taken += 1;
                 if taken < MAX_BATCH {
@@ -99,8 +88,7 @@ pub(super) fn spawn(
                     let _ = hub.send(StoreReply::Input(Input::Stored { channel, seq, election }));
                 }
             }
-            for pull in pulls.drain(..) {
-                let StoreJob::Pull { conn, channel, anchor, after_seq, limit } = pull else { continue };
+            for PullRequest { conn, channel, anchor, after_seq, limit } in pulls.drain(..) {
                 match store.history_after(&channel, after_seq, limit) {
                     Ok((entries, more)) => {
                         let _ = hub.send(StoreReply::Input(Input::Pulled { conn, channel, anchor, entries, more }));
