@@ -178,6 +178,9 @@ impl View {
             ServerEvent::ChMsg(m) => {
                 show(format!("{} <{}> {}", self.channel_name(&m.id), self.name(&m.from), m.msg.to_display()))
             }
+            ServerEvent::ChMsgAck(a) if self.mine.contains(&a.id) => {
+                show(format!("· {} has your message", self.name(&a.user)))
+            }
             ServerEvent::ChMsgAck(_) => {}
             ServerEvent::ChMsgCommit(c) => {
                 // Shown for our own messages: the moment they are safe.
@@ -276,13 +279,60 @@ fn local_time() -> String {
     chrono::Local::now().format("%H:%M:%S").to_string()
 }
 
-/// Runs the interactive client until `/quit`, end of input or disconnection.
+/// How a connection ended.
+enum End {
+    /// The user quit (or stdin ended).
+    Quit,
+    /// The connection was lost: try again.
+    Lost(String),
+    /// The server refused this client for good (key rotated, account
+    /// removed, session taken over): reconnecting would not help.
+    Refused(String),
+}
+
+/// Reconnection attempts after a lost connection, one a second.
+const RECONNECT_ATTEMPTS: u32 = 60;
+
+/// Runs the interactive client until `/quit` or end of input, reconnecting
+/// (and pulling what it missed) when the connection is lost.
 pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
-    let client = Client::connect(addr, cred).await?;
     let started = Instant::now();
-    let now_ms = || started.elapsed().as_millis() as u64;
     let mut view = View::new(cred.id, &cred.name, rand::random());
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut client = Client::connect(addr, cred).await?;
     println!("[{}] signed in as {} — {HELP}", local_time(), cred.name);
+    loop {
+        match session(client, &mut view, &mut stdin, started).await? {
+            End::Quit => return Ok(()),
+            End::Refused(why) => {
+                println!("[{}] {why}", local_time());
+                return Ok(());
+            }
+            End::Lost(why) => println!("[{}] connection lost ({why}); reconnecting…", local_time()),
+        }
+        view.agent.reconnected();
+        let mut attempt = 0;
+        client = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            attempt += 1;
+            match Client::connect(addr, cred).await {
+                Ok(c) => break c,
+                Err(e) if attempt >= RECONNECT_ATTEMPTS => return Err(e),
+                Err(_) => {}
+            }
+        };
+        println!("[{}] reconnected", local_time());
+    }
+}
+
+/// One connection's life.
+async fn session(
+    client: Client,
+    view: &mut View,
+    stdin: &mut tokio::io::Lines<BufReader<tokio::io::Stdin>>,
+    started: Instant,
+) -> Result<End, ClientError> {
+    let now_ms = || started.elapsed().as_millis() as u64;
     let (mut reader, mut writer) = client.split();
     for command in [Command::Info, Command::LstUsr, Command::ChLst] {
         writer.send(command).await?;
@@ -290,29 +340,35 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
     let mut keepalive = tokio::time::interval(Duration::from_secs(30));
     keepalive.tick().await;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
+    let mut refused = None;
     loop {
         let reaction = tokio::select! {
-            event = reader.recv() => match event? {
-                None => {
-                    println!("[{}] connection closed", local_time());
-                    return Ok(());
+            event = reader.recv() => match event {
+                Ok(None) | Err(ClientError::Io(_)) => {
+                    return Ok(match refused {
+                        Some(why) => End::Refused(why),
+                        None => End::Lost("closed by the server".into()),
+                    });
                 }
-                Some(ServerEvent::Sinfo(s)) => {
+                Err(e) => return Ok(End::Lost(e.to_string())),
+                Ok(Some(ServerEvent::Sinfo(s))) => {
                     // Keep alive well within the server's idle timeout.
                     keepalive = tokio::time::interval(Duration::from_secs((s.timeout_s / 3).max(1)));
                     keepalive.tick().await;
                     view.on_event(ServerEvent::Sinfo(s), &local_time(), now_ms())
                 }
-                Some(event) => view.on_event(event, &local_time(), now_ms()),
-            },
-            line = stdin.next_line(), if stdin_open => match line? {
-                Some(line) => view.on_line(&line),
-                None => {
-                    stdin_open = false;
-                    Reaction { send: vec![Command::Dcnn], quit: true, ..Reaction::default() }
+                Ok(Some(event)) => {
+                    if let ServerEvent::Err(e) = &event {
+                        if matches!(e.code.as_str(), "auth_failed" | "account_removed" | "session_replaced") {
+                            refused = Some(format!("{}: {}", e.code, e.reason));
+                        }
+                    }
+                    view.on_event(event, &local_time(), now_ms())
                 }
+            },
+            line = stdin.next_line() => match line? {
+                Some(line) => view.on_line(&line),
+                None => Reaction { send: vec![Command::Dcnn], quit: true, ..Reaction::default() },
             },
             _ = tick.tick() => Reaction { send: view.agent.tick(now_ms()), ..Reaction::default() },
             _ = keepalive.tick() => Reaction { send: vec![Command::Kalive], ..Reaction::default() },
@@ -321,12 +377,14 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
             println!("{line}");
         }
         for command in reaction.send {
-            writer.send(command).await?;
+            if writer.send(command).await.is_err() {
+                return Ok(End::Lost("write failed".into()));
+            }
         }
         if reaction.quit {
             // DCNN makes the server flush and close; wait for that.
             while let Ok(Some(_)) = reader.recv().await {}
-            return Ok(());
+            return Ok(End::Quit);
         }
     }
 }

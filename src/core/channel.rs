@@ -752,3 +752,110 @@ impl Channel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ServerEvent;
+
+    const LIMITS: ChannelLimits =
+        ChannelLimits { min_online: 1, pending_ttl_s: 10, max_pending: 8, max_merges: 8, max_payload: 65_536 };
+
+    fn users(n: u128) -> Vec<Ulid> {
+        (1..=n).map(Ulid::from).collect()
+    }
+
+    /// The events sent to `to`, decoded.
+    fn sent_to(out: &[ChannelEffect], to: Ulid) -> Vec<ServerEvent> {
+        out.iter()
+            .filter_map(|e| match e {
+                ChannelEffect::Send { to: t, frame } if *t == to => {
+                    ServerEvent::decode(frame.command, &frame.payload).ok()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A channel with `u` as members, all online.
+    fn channel(u: &[Ulid]) -> Channel {
+        let mut c = Channel::new(Ulid::from(999u128), "general".into(), LIMITS);
+        let mut out = Vec::new();
+        c.create(u[0], 0, &mut out);
+        for &m in &u[1..] {
+            c.join(m, &mut out).unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn an_election_starts_only_once_its_number_is_durable() {
+        let u = users(3);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        assert_eq!(out, vec![ChannelEffect::Store(StoreOp::SetElection { channel: c.id(), election: 1 })]);
+        assert_eq!(c.vote(u[1], 1, u[0], &mut out).unwrap_err().code, ErrorCode::BadElection, "not started yet");
+        out.clear();
+        c.stored(0, 1, &mut out);
+        assert!(sent_to(&out, u[2]).iter().any(|e| matches!(e, ServerEvent::ChVote(v) if v.user == u[0])));
+        c.vote(u[1], 1, u[0], &mut out).unwrap();
+        assert_eq!(c.leader(), Some(u[0]));
+        // A late vote is silent; a second CH_LEAD is refused while there is a leader.
+        c.vote(u[2], 1, u[0], &mut out).unwrap();
+        assert_eq!(c.lead(u[2], 9, &mut out).unwrap_err().code, ErrorCode::BadElection);
+    }
+
+    #[test]
+    fn a_commit_is_announced_only_once_stored_and_only_on_real_acks() {
+        let u = users(3);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        c.stored(0, 1, &mut out);
+        c.vote(u[1], 1, u[0], &mut out).unwrap();
+        let m = Ulid::from(500u128);
+        c.message(u[2], m, Body::text("x"), 5, &mut out).unwrap();
+        assert_eq!(c.commit(u[0], m, &[u[2], u[1]], &mut out).unwrap_err().code, ErrorCode::BadCommit);
+        out.clear();
+        c.ack(u[1], m, &mut out).unwrap();
+        // The ack goes to the leader and the sender, not back to the acker.
+        assert_eq!(sent_to(&out, u[0]).len(), 1);
+        assert_eq!(sent_to(&out, u[2]).len(), 1);
+        assert!(sent_to(&out, u[1]).is_empty());
+        assert_eq!(c.commit(u[1], m, &[u[2], u[1]], &mut out).unwrap_err().code, ErrorCode::NotLeader);
+        out.clear();
+        c.commit(u[0], m, &[u[2], u[1]], &mut out).unwrap();
+        assert!(matches!(&out[..], [ChannelEffect::Store(StoreOp::Append { seq: 1, .. })]), "{out:?}");
+        out.clear();
+        c.stored(1, 0, &mut out);
+        for &x in &u {
+            assert!(matches!(&sent_to(&out, x)[..], [ServerEvent::ChMsgCommit(k)] if k.id == m));
+        }
+    }
+
+    #[test]
+    fn pending_messages_and_merges_expire_with_an_error_to_their_sender() {
+        let u = users(2);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        c.stored(0, 1, &mut out);
+        c.vote(u[1], 1, u[0], &mut out).unwrap();
+        let m = Ulid::from(501u128);
+        c.message(u[1], m, Body::text("x"), 100, &mut out).unwrap();
+        let merged =
+            MergedMessage { id: Ulid::from(502u128), from: u[1], timestamp: 1, msg: Body::text("y"), acks: vec![u[1]] };
+        c.merge(u[1], vec![merged], 100, &mut out).unwrap();
+        out.clear();
+        c.tick(109, &mut out);
+        assert!(out.is_empty());
+        c.tick(110, &mut out);
+        let codes: Vec<String> = sent_to(&out, u[1])
+            .into_iter()
+            .filter_map(|e| if let ServerEvent::Err(e) = e { Some(e.code) } else { None })
+            .collect();
+        assert_eq!(codes, ["not_committed", "merge_unconfirmed"]);
+        assert_eq!((c.pending_count(), c.merge_count()), (0, 0));
+    }
+}
