@@ -1,7 +1,10 @@
 //! Replays every committed fuzz corpus and crash file through the fuzz
-//! targets' code on stable, so CI catches regressions without nightly.
+//! targets' code on stable, so CI catches regressions without nightly; and
+//! runs each target on a few thousand seeded random inputs.
 
 use std::path::Path;
+
+use rand::{Rng, SeedableRng};
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -19,8 +22,43 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
     count
 }
 
+fn random(run: fn(&[u8]), n: usize, max_len: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..n {
+        let len = rng.gen_range(0..max_len);
+        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if std::panic::catch_unwind(|| run(&data)).is_err() {
+            panic!("input {} fails", hex::encode(&data));
+        }
+    }
+}
+
 #[test]
 fn frame_decoder_corpus_replays_clean() {
     let n = replay("frame_decoder", sigil::fuzzing::frame_decoder);
     assert!(n >= 5, "the committed corpus is missing ({n} files)");
+    random(sigil::fuzzing::frame_decoder, 2_000, 600);
+}
+
+#[test]
+fn payloads_corpus_replays_clean() {
+    let n = replay("payloads", sigil::fuzzing::payloads);
+    assert!(n >= 5, "the committed corpus is missing ({n} files)");
+    random(sigil::fuzzing::payloads, 5_000, 300);
+}
+
+#[test]
+fn session_corpus_replays_clean() {
+    let n = replay("session", sigil::fuzzing::session);
+    assert!(n >= 3, "the committed corpus is missing ({n} files)");
+    random(sigil::fuzzing::session, 2_000, 2_000);
+}
+
+#[test]
+fn the_reference_parser_agrees_on_the_examples() {
+    use sigil::fuzzing::reference_parse;
+    assert_eq!(reference_parse(b"INFO\n0\n\n", 10).0.len(), 1);
+    assert!(reference_parse(b"INFO\n11\n\n", 10).1);
+    assert!(reference_parse(b"info\n0\n\n", 10).1);
+    assert!(!reference_parse(b"\r\n\nINFO\r\n0\r\n\r\n", 10).1);
 }
