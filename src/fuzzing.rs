@@ -62,7 +62,11 @@ pub fn frame_decoder(data: &[u8]) {
     let codec: Vec<RefFrame> = whole
         .0
         .iter()
-        .map(|f| RefFrame { command: f.command.as_str().to_owned(), signature: f.signature.map(|s| s.to_vec()), payload: f.payload.to_vec() })
+        .map(|f| RefFrame {
+            command: f.command.as_str().to_owned(),
+            signature: f.signature.map(|s| s.to_vec()),
+            payload: f.payload.to_vec(),
+        })
         .collect();
     assert_eq!(codec, frames, "codec and reference disagree on the frames");
     assert_eq!(whole.1.is_some(), failed, "codec and reference disagree on failure");
@@ -110,7 +114,8 @@ pub fn reference_parse(input: &[u8], max_payload: usize) -> (Vec<RefFrame>, bool
             return (frames, false);
         }
         let Some(command) = line(input, &mut pos) else { return (frames, true) };
-        let command_ok = (1..=16).contains(&command.len()) && command.iter().all(|b| b.is_ascii_uppercase() || *b == b'_');
+        let command_ok =
+            (1..=16).contains(&command.len()) && command.iter().all(|b| b.is_ascii_uppercase() || *b == b'_');
         let Some(len) = line(input, &mut pos) else { return (frames, true) };
         let len_text = String::from_utf8_lossy(&len).into_owned();
         let len_ok = !len.is_empty()
@@ -141,14 +146,50 @@ pub fn reference_parse(input: &[u8], max_payload: usize) -> (Vec<RefFrame>, bool
 
 /// Every command name a client sends and every event name a server sends.
 pub const COMMAND_NAMES: &[&str] = &[
-    "CNN", "KALIVE", "DCNN", "INFO", "LST_USR", "CNN_USR", "PV_MSG", "ACK_MSG", "CH_NEW", "CH_JOIN", "CH_LEAVE", "CH_LST",
-    "CH_LEAD", "CH_VOTE", "CH_MSG", "ACK_CH_MSG", "CH_COMMIT", "CH_PULL", "CH_MERGE", "CH_ACK_REQ",
+    "CNN",
+    "KALIVE",
+    "DCNN",
+    "INFO",
+    "LST_USR",
+    "CNN_USR",
+    "PV_MSG",
+    "ACK_MSG",
+    "CH_NEW",
+    "CH_JOIN",
+    "CH_LEAVE",
+    "CH_LST",
+    "CH_LEAD",
+    "CH_VOTE",
+    "CH_MSG",
+    "ACK_CH_MSG",
+    "CH_COMMIT",
+    "CH_PULL",
+    "CH_MERGE",
+    "CH_ACK_REQ",
 ];
 /// Every event name a server sends.
 pub const EVENT_NAMES: &[&str] = &[
-    "SINFO", "UCNN", "UDCNN", "USR_LST", "USR_ADD", "USR_RMD", "USR_HSK", "MSG", "MSG_ACK", "CH_UJOIN", "CH_ULEAVE",
-    "CH_STATUS", "LST_CH", "CH_VOTE", "CH_ELECTED", "CH_MSG", "CH_MSG_ACK", "CH_MSG_COMMIT", "CH_APPEND",
-    "CH_MSG_CONFIRM", "ERR",
+    "SINFO",
+    "UCNN",
+    "UDCNN",
+    "USR_LST",
+    "USR_ADD",
+    "USR_RMD",
+    "USR_HSK",
+    "MSG",
+    "MSG_ACK",
+    "CH_UJOIN",
+    "CH_ULEAVE",
+    "CH_STATUS",
+    "LST_CH",
+    "CH_VOTE",
+    "CH_ELECTED",
+    "CH_MSG",
+    "CH_MSG_ACK",
+    "CH_MSG_COMMIT",
+    "CH_APPEND",
+    "CH_MSG_CONFIRM",
+    "ERR",
 ];
 
 /// The payload decoders target: the first byte picks a command (and an
@@ -277,7 +318,9 @@ impl SessionWorld {
             FuzzCommand::ChLeave(c) => Command::ChLeave { id: self.channel(*c) },
             FuzzCommand::ChLst => Command::ChLst,
             FuzzCommand::ChLead(c, e) => Command::ChLead { channel: self.channel(*c), election: *e % 8 },
-            FuzzCommand::ChVote(c, e, u) => Command::ChVote { channel: self.channel(*c), election: *e % 8, user: self.user(*u) },
+            FuzzCommand::ChVote(c, e, u) => {
+                Command::ChVote { channel: self.channel(*c), election: *e % 8, user: self.user(*u) }
+            }
             FuzzCommand::ChMsg(c, m, b) => Command::ChMsg { id: self.channel(*c), msg_id: self.msg(*m), msg: body(b) },
             FuzzCommand::AckChMsg(m) => Command::AckChMsg { id: self.msg(*m) },
             FuzzCommand::ChCommit(m, a) => Command::ChCommit { id: self.msg(*m), acks: users(a) },
@@ -286,7 +329,13 @@ impl SessionWorld {
                 id: self.channel(*c),
                 msg: ms
                     .iter()
-                    .map(|(m, f, a)| MergedMessage { id: self.msg(*m), from: self.user(*f), timestamp: self.now, msg: Body::text("m"), acks: users(a) })
+                    .map(|(m, f, a)| MergedMessage {
+                        id: self.msg(*m),
+                        from: self.user(*f),
+                        timestamp: self.now,
+                        msg: Body::text("m"),
+                        acks: users(a),
+                    })
                     .collect(),
             },
             FuzzCommand::ChAckReq(m, u) => Command::ChAckReq { id: self.msg(*m), users: users(u) },
@@ -305,7 +354,9 @@ impl SessionWorld {
                     assert!(frame.payload.len() <= self.limits.max_payload, "{} over max_payload", frame.command);
                     match ServerEvent::decode(frame.command, &frame.payload) {
                         Ok(ServerEvent::Other { command, .. }) => panic!("unknown event {command}"),
-                        Ok(ServerEvent::Err(e)) => assert!(ErrorCode::parse(&e.code).is_some(), "unknown code {}", e.code),
+                        Ok(ServerEvent::Err(e)) => {
+                            assert!(ErrorCode::parse(&e.code).is_some(), "unknown code {}", e.code)
+                        }
                         Ok(_) => {}
                         Err(e) => panic!("malformed event: {e}"),
                     }
@@ -336,9 +387,8 @@ impl SessionWorld {
         let tag = key.mac().sign(name.as_bytes(), &payload);
         let frame = crate::wire::Frame { command: name, signature: Some(tag), payload: bytes::Bytes::from(payload) };
         let (keys, ids) = (self.keys.clone(), self.ids.clone());
-        let lookup = |id: &ulid::Ulid| {
-            ids.iter().position(|x| x == id).map(|i| AccountKey { key: keys[i].clone(), rev: 1 })
-        };
+        let lookup =
+            |id: &ulid::Ulid| ids.iter().position(|x| x == id).map(|i| AccountKey { key: keys[i].clone(), rev: 1 });
         let Some((conn, session)) = self.conns.get_mut(&u) else { return };
         let conn = *conn;
         let input = match session.on_frame(&frame, self.now, lookup) {
@@ -347,7 +397,9 @@ impl SessionWorld {
                 Input::Closed { conn }
             }
             Ok(SessionOutput::Info) => return,
-            Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => Input::Open { conn, account, key_rev, envelope },
+            Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => {
+                Input::Open { conn, account, key_rev, envelope }
+            }
             Ok(SessionOutput::Reject { envelope, error }) => Input::Reject { conn, envelope, error },
             Ok(SessionOutput::Request(request)) => Input::Request { conn, request },
         };
@@ -387,7 +439,11 @@ pub fn session(data: &[u8]) {
                     w.conns.insert(u, (ConnId(w.next_conn), Session::new(w.limits.skew_s)));
                     let id = w.user(u);
                     w.nonce += 1;
-                    let (name, payload) = Request { envelope: Envelope { nonce: w.nonce, timestamp: w.now }, command: crate::proto::Command::Cnn { id } }.encode();
+                    let (name, payload) = Request {
+                        envelope: Envelope { nonce: w.nonce, timestamp: w.now },
+                        command: crate::proto::Command::Cnn { id },
+                    }
+                    .encode();
                     w.frame(u, name, payload);
                 }
             }
@@ -399,7 +455,8 @@ pub fn session(data: &[u8]) {
             Step::Send(u, c) => {
                 let command = w.command(&c);
                 w.nonce += 1;
-                let (name, payload) = Request { envelope: Envelope { nonce: w.nonce, timestamp: w.now }, command }.encode();
+                let (name, payload) =
+                    Request { envelope: Envelope { nonce: w.nonce, timestamp: w.now }, command }.encode();
                 w.frame(u % USERS, name, payload);
             }
             Step::Raw(u, pick, payload) => {

@@ -104,6 +104,30 @@ struct ServeArgs {
     /// Messages per CH_APPEND page (pages are also cut to fit max_payload).
     #[arg(long, default_value_t = defaults::DEFAULT_PULL_PAGE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pull_page: usize,
+    /// Channels on the server.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_CHANNELS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_channels: usize,
+    /// Channels one account may be a member of.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_CHANNELS_PER_ACCOUNT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_channels_per_account: usize,
+    /// Members per channel.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_members: usize,
+    /// Open connections in total; more are refused with ERR rate_limited.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// Open connections from one IP address.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections_per_ip: usize,
+    /// Frames per second a connection may send (sustained); more are dropped with ERR rate_limited.
+    #[arg(long, default_value_t = server::DEFAULT_RATE, value_parser = positive)]
+    rate: f64,
+    /// Frames a connection may send at once; a connection this far over its rate is closed.
+    #[arg(long, default_value_t = server::DEFAULT_BURST, value_parser = positive)]
+    burst: f64,
+    /// Seconds from a frame's first byte to its last (against slowloris).
+    #[arg(long, default_value_t = server::DEFAULT_FRAME_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
+    frame_timeout_s: u64,
     /// Name announced in SINFO (at most 64 bytes).
     #[arg(long, default_value = "sigil", value_parser = server_name)]
     server_name: String,
@@ -163,6 +187,13 @@ struct SecretOut {
     /// Credentials file to write (default NAME.cred without --json).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("use a positive number".to_owned()),
+    }
 }
 
 fn server_name(s: &str) -> std::result::Result<String, String> {
@@ -237,7 +268,15 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_pending: args.max_pending,
         max_merges: args.max_merges,
         pull_page: args.pull_page,
+        max_channels: args.max_channels,
+        max_channels_per_account: args.max_channels_per_account,
+        max_members: args.max_members,
     };
+    config.max_connections = args.max_connections;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.rate = args.rate;
+    config.burst = args.burst;
+    config.frame_timeout_s = args.frame_timeout_s;
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
     runtime()?.block_on(async {

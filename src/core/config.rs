@@ -28,6 +28,13 @@ pub const DEFAULT_MAX_MERGES: usize = 1024;
 /// Default messages per `CH_APPEND` page (pages are also cut to fit `max_payload`).
 pub const DEFAULT_PULL_PAGE: usize = 256;
 
+/// Default channels on the server.
+pub const DEFAULT_MAX_CHANNELS: usize = 10_000;
+/// Default channels one account may be a member of.
+pub const DEFAULT_MAX_CHANNELS_PER_ACCOUNT: usize = 64;
+/// Default members per channel.
+pub const DEFAULT_MAX_MEMBERS: usize = 1_000;
+
 /// The protocol core's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -55,6 +62,12 @@ pub struct Limits {
     pub max_merges: usize,
     /// Messages per `CH_APPEND` page.
     pub pull_page: usize,
+    /// Channels on the server.
+    pub max_channels: usize,
+    /// Channels one account may be a member of.
+    pub max_channels_per_account: usize,
+    /// Members per channel.
+    pub max_members: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +85,9 @@ impl Default for Limits {
             max_pending: DEFAULT_MAX_PENDING,
             max_merges: DEFAULT_MAX_MERGES,
             pull_page: DEFAULT_PULL_PAGE,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_channels_per_account: DEFAULT_MAX_CHANNELS_PER_ACCOUNT,
+            max_members: DEFAULT_MAX_MEMBERS,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod config;
 pub mod quorum;
+pub mod rate;
 pub mod relay;
 pub mod session;
 

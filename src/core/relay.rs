@@ -528,6 +528,16 @@ impl Relay {
         match command {
             Command::ChNew { name } => self.create_channel(me, name, now, out),
             Command::ChJoin { id } => {
+                let full = self.channels.get(&id).is_some_and(|c| c.members().len() >= self.limits.max_members);
+                if full {
+                    return Err(ProtoError::new(
+                        ErrorCode::RateLimited,
+                        "the channel has its maximum number of members",
+                    ));
+                }
+                if self.channels.get(&id).is_some_and(|c| !c.is_member(&me)) {
+                    self.check_membership_room(me)?;
+                }
                 self.with_channel(id, out, |c, o| c.join(me, o))?;
                 self.memberships.entry(me).or_default().insert(id);
                 Ok(())
@@ -618,6 +628,10 @@ impl Relay {
         if self.channel_names.contains_key(&key) {
             return Err(ProtoError::new(ErrorCode::NameTaken, "a channel with that name exists"));
         }
+        if self.channels.len() >= self.limits.max_channels {
+            return Err(ProtoError::new(ErrorCode::RateLimited, "the server has its maximum number of channels"));
+        }
+        self.check_membership_room(me)?;
         let id = Ulid::new();
         let mut channel = Channel::new(id, name, self.limits.channel_limits());
         let mut effects = std::mem::take(&mut self.channel_out);
@@ -627,6 +641,14 @@ impl Relay {
         self.memberships.entry(me).or_default().insert(id);
         self.route(&mut effects, out);
         self.channel_out = effects;
+        Ok(())
+    }
+
+    /// Refuses one more channel for an account already in its maximum.
+    fn check_membership_room(&self, me: Ulid) -> Result<(), ProtoError> {
+        if self.memberships.get(&me).map_or(0, BTreeSet::len) >= self.limits.max_channels_per_account {
+            return Err(ProtoError::new(ErrorCode::RateLimited, "you are in your maximum number of channels"));
+        }
         Ok(())
     }
 

@@ -8,22 +8,26 @@
 //! and coalesces what is queued into one write. The hub never waits on a
 //! connection: a queue over its frame or byte bound is a slow consumer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use super::hub::HubMsg;
 use super::{now_unix, Shared, MAX_PAYLOAD_BEFORE_AUTH};
+use crate::core::rate::{TokenBucket, Verdict};
 use crate::core::{ConnId, Input, Session, SessionOutput};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
 use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame};
@@ -120,12 +124,51 @@ impl ConnHandle {
     }
 }
 
+/// The read half, with a deadline for the frame being received: armed by the
+/// frame's first byte, disarmed by the reader when the frame is complete.
+/// Past it, reading fails with `TimedOut`, so a peer that trickles a frame in
+/// byte by byte (slowloris) cannot hold the connection for long.
+struct FrameDeadline {
+    inner: OwnedReadHalf,
+    limit: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl FrameDeadline {
+    /// The current frame is complete; `more` is true when bytes of the next
+    /// one are already buffered (its deadline starts now).
+    fn frame_done(&mut self, more: bool) {
+        self.deadline = more.then(|| Box::pin(tokio::time::sleep(self.limit)));
+    }
+}
+
+impl AsyncRead for FrameDeadline {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(deadline) = self.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+        }
+        let before = buf.filled().len();
+        let limit = self.limit;
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.deadline.is_none() && buf.filled().len() > before {
+            let mut sleep = Box::pin(tokio::time::sleep(limit));
+            // Registers the waker, so the task wakes at the deadline.
+            let _ = sleep.as_mut().poll(cx);
+            self.deadline = Some(sleep);
+        }
+        result
+    }
+}
+
 /// Starts the tasks of an accepted connection.
 pub(super) async fn spawn(
     shared: Arc<Shared>,
     conn: ConnId,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
+    slot: super::ConnSlot,
 ) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
@@ -139,7 +182,12 @@ pub(super) async fn spawn(
     }
     tracing::info!(conn = conn.0, %peer, "connected");
     shared.tracker.spawn(writer(handle.clone(), rx, write));
-    shared.tracker.spawn(reader(shared.clone(), conn, handle, read, accepted, peer));
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        reader(shared, conn, handle, read, accepted, peer).await;
+        // The slot is held until the reader has drained and let go of the socket.
+        drop(slot);
+    });
 }
 
 /// How the reader loop ended.
@@ -159,7 +207,11 @@ async fn reader(
     peer: std::net::SocketAddr,
 ) {
     let limits = &shared.config.limits;
-    let mut framed = FramedRead::new(read, FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload)));
+    let timed = FrameDeadline { inner: read, limit: shared.config.frame_timeout(), deadline: None };
+    let mut framed = FramedRead::new(timed, FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload)));
+    let started = Instant::now();
+    let mut bucket = TokenBucket::new(shared.config.rate, shared.config.burst, 0.0);
+    let mut warned = false;
     let mut session = Session::new(limits.skew_s);
     let idle = Duration::from_millis(shared.config.idle_timeout_ms());
     let mut deadline = accepted + Duration::from_millis(shared.config.cnn_timeout_ms());
@@ -176,6 +228,9 @@ async fn reader(
         };
         let frame = match frame {
             None => break End::Close(None, "peer closed".into()),
+            Some(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+                break fatal(ProtoError::new(ErrorCode::Timeout, "a frame took too long to arrive"));
+            }
             Some(Err(FrameError::Io(e))) => {
                 handle.close(None, CloseMode::Abort);
                 break End::Gone(format!("read error: {e}"));
@@ -183,7 +238,31 @@ async fn reader(
             Some(Err(e)) => break fatal(ProtoError::from(e)),
             Some(Ok(frame)) => frame,
         };
+        let more = !framed.read_buffer().is_empty();
+        framed.get_mut().frame_done(more);
         let was_authenticated = session.account().is_some();
+        match bucket.take(started.elapsed().as_secs_f64()) {
+            Verdict::Allowed => warned = false,
+            Verdict::Flooding => break fatal(ProtoError::new(ErrorCode::RateLimited, "too many frames: closing")),
+            Verdict::Limited => {
+                // One ERR per run of refused frames: answering each would amplify the flood.
+                if !warned {
+                    warned = true;
+                    let error = ProtoError::new(ErrorCode::RateLimited, "too many frames per second: frame dropped");
+                    if !was_authenticated {
+                        reply_before_auth(&handle, Outbound::error(&error).unsigned());
+                    } else if shared
+                        .hub
+                        .send(HubMsg::Input(Input::Reject { conn, envelope: None, error }))
+                        .await
+                        .is_err()
+                    {
+                        break End::Gone("server stopping".into());
+                    }
+                }
+                continue;
+            }
+        }
         if was_authenticated {
             deadline = Instant::now() + idle;
         }
@@ -236,7 +315,7 @@ async fn reader(
     tracing::info!(conn = conn.0, %peer, %account, %reason, "disconnected");
     // Read and drop what the peer still sends while the writer flushes, so
     // closing with unread input does not reset the connection under the ERR.
-    let mut read = framed.into_inner();
+    let mut read = framed.into_inner().inner;
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         let mut scratch = [0u8; 4096];
         while matches!(read.read(&mut scratch).await, Ok(n) if n > 0) {}

@@ -29,6 +29,17 @@ use hub::HubMsg;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default outbound queue size per connection, in payload bytes.
 pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Default connections in total.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default connections from one IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Default frames per second per connection (sustained).
+pub const DEFAULT_RATE: f64 = 200.0;
+/// Default frames a connection may send at once.
+pub const DEFAULT_BURST: f64 = 400.0;
+/// Default time from a frame's first byte to its last (s).
+pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
+
 /// Largest LEN accepted before authentication: a CNN is about 100 bytes and
 /// an unsigned INFO's payload is ignored, so a stranger cannot make the
 /// server hold `max_payload` per connection.
@@ -51,6 +62,18 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Outbound queue size per connection (payload bytes).
     pub outbound_bytes: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Frames per second per connection.
+    pub rate: f64,
+    /// Frames a connection may send at once.
+    pub burst: f64,
+    /// Time from a frame's first byte to its last (s).
+    pub frame_timeout_s: u64,
+    /// Overrides `frame_timeout_s` with milliseconds (tests).
+    pub frame_timeout_ms: Option<u64>,
     /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
     pub cnn_timeout_ms: Option<u64>,
     /// Overrides `limits.timeout_s` with milliseconds (tests).
@@ -66,6 +89,12 @@ impl Config {
             limits: Limits::default(),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             outbound_bytes: DEFAULT_OUTBOUND_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate: DEFAULT_RATE,
+            burst: DEFAULT_BURST,
+            frame_timeout_s: DEFAULT_FRAME_TIMEOUT_S,
+            frame_timeout_ms: None,
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
         }
@@ -77,6 +106,10 @@ impl Config {
 
     fn idle_timeout_ms(&self) -> u64 {
         self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
+    }
+
+    fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms.unwrap_or(self.frame_timeout_s.saturating_mul(1000)))
     }
 }
 
@@ -106,6 +139,47 @@ pub(crate) struct Shared {
     hub: mpsc::Sender<HubMsg>,
     sinfo_unsigned: Outbound,
     tracker: TaskTracker,
+    /// Open connections, in total and per IP address.
+    connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A connection's place in the connection limits, given back on drop.
+pub(crate) struct ConnSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Shared {
+    /// Takes a connection slot, or says which limit is reached.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
+        let (total, per_ip) = &mut *guard;
+        if *total >= self.config.max_connections {
+            return Err("too many connections to this server");
+        }
+        let mine = per_ip.entry(ip).or_insert(0);
+        if *mine >= self.config.max_connections_per_ip {
+            return Err("too many connections from your address");
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(ConnSlot { shared: self.clone(), ip })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.shared.connections.lock() {
+            let (total, per_ip) = &mut *guard;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 /// Unix time in seconds.
@@ -173,6 +247,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         directory: RwLock::new(directory),
         hub: hub_tx,
         tracker: TaskTracker::new(),
+        connections: std::sync::Mutex::new((0, HashMap::new())),
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -198,10 +273,24 @@ async fn serve(
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    next_conn += 1;
-                    connection::spawn(shared.clone(), ConnId(next_conn), stream, peer).await;
-                }
+                Ok((stream, peer)) => match shared.admit(peer.ip()) {
+                    Ok(slot) => {
+                        next_conn += 1;
+                        connection::spawn(shared.clone(), ConnId(next_conn), stream, peer, slot).await;
+                    }
+                    Err(why) => {
+                        // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
+                        tracing::info!(%peer, why, "connection refused");
+                        let e = crate::proto::ProtoError::new(crate::proto::ErrorCode::RateLimited, why);
+                        let frame = Outbound::error(&e);
+                        let mut buf = bytes::BytesMut::new();
+                        crate::wire::encode_frame(
+                            &crate::wire::OutFrame { command: frame.command, signature: None, payload: &frame.payload },
+                            &mut buf,
+                        );
+                        let _ = stream.try_write(&buf);
+                    }
+                },
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

@@ -149,7 +149,10 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: std::net::SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw::from_stream(TcpStream::connect(addr).await.expect("tcp connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
         Raw { stream, buf: BytesMut::new(), codec: FrameCodec::new(1 << 20) }
     }
 
