@@ -1,7 +1,10 @@
 //! The `sigil` binary as scripts use it (PROTOCOL.md §9): account commands,
 //! `frame` | TCP | `decode`, and shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::ServerProcess as Server;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -67,40 +70,6 @@ fn account_commands() {
     fails(&sigil(d, &["frame", "--cred", "bob.cred", "PV_MSG", "not json"]), "JSON");
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .current_dir(dir)
-            .args(["serve", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start server");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("server log line").unwrap();
-            if let Some(rest) = line.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn read_until_eof(stream: &mut TcpStream) -> Vec<u8> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut all = Vec::new();
@@ -130,7 +99,7 @@ fn netcat_style_session_with_frame_and_decode() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(&sigil(d, &["account", "add", "alice"]));
-    let server = Server::start(d);
+    let server = Server::start(d, &[]);
 
     // Unsigned INFO, as `printf 'INFO\n0\n\n' | nc ...` sends it; then DCNN is not
     // allowed before CNN, so close our side and read what came.
@@ -168,7 +137,7 @@ fn sigterm_sends_err_shutdown_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(&sigil(d, &["account", "add", "alice"]));
-    let mut server = Server::start(d);
+    let mut server = Server::start(d, &[]);
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.write_all(&ok_bytes(&sigil(d, &["frame", "--cred", "alice.cred", "CNN"]))).unwrap();
     // Wait for UCNN so the session is registered before the signal.

@@ -230,3 +230,41 @@ pub fn signed_raw(cred: &Credentials, command: &str, payload: &[u8]) -> Vec<u8> 
     encode_frame(&OutFrame { command, signature: Some(&tag), payload }, &mut buf);
     buf.to_vec()
 }
+
+/// A `sigil serve` process on 127.0.0.1:0, killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts `sigil serve 127.0.0.1:0 ARGS` in `dir` and waits for its address.
+    pub fn start(dir: &std::path::Path, args: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .current_dir(dir)
+            .args(["serve", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = loop {
+            let line = lines.next().expect("server log line").expect("log line");
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { child, addr }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
