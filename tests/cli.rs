@@ -7,7 +7,7 @@ use common::ServerProcess as Server;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn sigil(dir: &Path, args: &[&str]) -> Output {
