@@ -49,10 +49,15 @@ pub struct ChannelView {
 #[derive(Debug, Clone)]
 struct PendingView {
     acks: BTreeSet<Ulid>,
-    /// Online members when the message arrived: the recipients, as far as we know.
+    /// The recipients (from `CH_MSG`; a server without that field: the
+    /// online count when it arrived).
     of: u64,
-    committing: bool,
+    /// A commit was sent at this time (ms) and not refused.
+    committing: Option<u64>,
 }
+
+/// A refused or unanswered commit is tried again after this long (ms).
+pub const COMMIT_RETRY_MS: u64 = 500;
 
 /// The reference client behaviour.
 #[derive(Debug)]
@@ -136,7 +141,7 @@ impl Agent {
                 if e.leader == self.me {
                     let ids: Vec<Ulid> = c.pending.keys().copied().collect();
                     for id in ids {
-                        self.try_commit(e.channel, id, &mut out);
+                        self.try_commit(e.channel, id, now_ms, &mut out);
                     }
                 }
             }
@@ -148,8 +153,9 @@ impl Agent {
                     out.push(Command::AckChMsg { id: m.msg_id });
                     acks.insert(me);
                 }
-                c.pending.insert(m.msg_id, PendingView { acks, of: c.online.max(1), committing: false });
-                self.try_commit(m.id, m.msg_id, &mut out);
+                let of = if m.recipients > 0 { m.recipients } else { c.online.max(1) };
+                c.pending.insert(m.msg_id, PendingView { acks, of, committing: None });
+                self.try_commit(m.id, m.msg_id, now_ms, &mut out);
             }
             ServerEvent::ChMsgAck(a) => {
                 let found = self.channels.iter_mut().find(|(_, c)| c.pending.contains_key(&a.id));
@@ -157,7 +163,7 @@ impl Agent {
                     if let Some(p) = c.pending.get_mut(&a.id) {
                         p.acks.insert(a.user);
                     }
-                    self.try_commit(channel, a.id, &mut out);
+                    self.try_commit(channel, a.id, now_ms, &mut out);
                 }
             }
             ServerEvent::ChMsgCommit(m) => {
@@ -185,10 +191,10 @@ impl Agent {
                 out.push(Command::AckChMsg { id: m.message });
             }
             ServerEvent::Err(e) if e.code == "bad_commit" => {
-                // Which commit failed is not said; let the next ack retry them all.
+                // Which commit failed is not said: retry them all, on the next ack or tick.
                 for c in self.channels.values_mut() {
                     for p in c.pending.values_mut() {
-                        p.committing = false;
+                        p.committing = None;
                     }
                 }
             }
@@ -204,22 +210,33 @@ impl Agent {
         out
     }
 
-    /// As leader, commits `msg_id` once a strict majority acknowledged it.
-    fn try_commit(&mut self, channel: Ulid, msg_id: Ulid, out: &mut Vec<Command>) {
+    /// As leader, commits `msg_id` once a strict majority acknowledged it
+    /// (again, if an earlier commit was refused or went unanswered).
+    fn try_commit(&mut self, channel: Ulid, msg_id: Ulid, now_ms: u64, out: &mut Vec<Command>) {
         let Some(c) = self.channels.get_mut(&channel) else { return };
         if c.leader != Some(self.me) {
             return;
         }
         let Some(p) = c.pending.get_mut(&msg_id) else { return };
-        if !p.committing && is_majority(p.acks.len(), p.of as usize) {
-            p.committing = true;
+        let due = p.committing.is_none_or(|at| now_ms >= at + COMMIT_RETRY_MS);
+        if due && is_majority(p.acks.len(), p.of as usize) {
+            p.committing = Some(now_ms);
             out.push(Command::ChCommit { id: msg_id, acks: p.acks.iter().copied().collect() });
         }
     }
 
-    /// Time passed: stand for election where it is due.
+    /// Time passed: stand for election where it is due; retry commits.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Command> {
         let mut out = Vec::new();
+        let due: Vec<(Ulid, Ulid)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.leader == Some(self.me))
+            .flat_map(|(ch, c)| c.pending.keys().map(move |m| (*ch, *m)))
+            .collect();
+        for (channel, msg_id) in due {
+            self.try_commit(channel, msg_id, now_ms, &mut out);
+        }
         for (&channel, c) in &mut self.channels {
             let due = c.leader.is_none() && c.lead_at.is_some_and(|at| at <= now_ms);
             if due {
@@ -281,7 +298,8 @@ mod tests {
         a.on_event(&status(ch, Some(me), 4), 0);
         a.on_event(&ServerEvent::ChElected(ChElected { channel: ch, election: 1, leader: me }), 0);
         let m = Ulid::from(50u128);
-        let msg = ServerEvent::ChMsg(ChMsg { id: ch, msg_id: m, msg: Body::text("x"), from: b, timestamp: 0 });
+        let msg =
+            ServerEvent::ChMsg(ChMsg { id: ch, msg_id: m, msg: Body::text("x"), from: b, timestamp: 0, recipients: 4 });
         assert_eq!(a.on_event(&msg, 0), vec![Command::AckChMsg { id: m }], "2 of 4 is no majority");
         let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m, user: c });
         assert_eq!(a.on_event(&ack, 0), vec![Command::ChCommit { id: m, acks: vec![me, b, c] }]);

@@ -514,7 +514,8 @@ impl Channel {
         if self.pending.len() >= self.limits.max_pending {
             return Err(err(ErrorCode::RateLimited, "too many messages await commit in this channel"));
         }
-        let frame = Outbound::event(&ChMsg { id: self.id, msg_id, msg: msg.clone(), from, timestamp: now });
+        let recipients = self.online.len() as u64;
+        let frame = Outbound::event(&ChMsg { id: self.id, msg_id, msg: msg.clone(), from, timestamp: now, recipients });
         // The relayed frame, and later its history entry with every possible
         // ack, must fit max_payload like every frame the server sends.
         let worst = frame.payload.len() + APPEND_OVERHEAD + ACK_BYTES * self.online.len();

@@ -274,6 +274,10 @@ pub struct ChMsg {
     pub from: Ulid,
     /// Server time of relay, unix seconds.
     pub timestamp: u64,
+    /// How many members it went to (the sender included): a commit needs
+    /// acks from more than half of them. An extension of the seed's fields.
+    #[serde(default)]
+    pub recipients: u64,
 }
 event!(ChMsg, "CH_MSG");
 

@@ -5,15 +5,20 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use sigil::client::agent::Agent;
 use sigil::client::{Client, Credentials};
 use sigil::proto::event::ErrPayload;
 use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
 use sigil::server::{self, Config, RunningServer};
 use sigil::store::Store;
 use sigil::wire::{encode_frame, Frame, FrameCodec, OutFrame};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
+use ulid::Ulid;
 
 /// How long a test waits for something that must happen.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -189,6 +194,23 @@ impl Raw {
         }
     }
 
+    /// Reads one frame, tolerating whatever the server does (hostile clients):
+    /// false once the connection is closed or the stream is not frames.
+    pub async fn frame_or_garbage(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(_)) => return true,
+                Ok(None) => {}
+                Err(_) => return false,
+            }
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+    }
+
     /// The next frame must be an ERR with `code`, and then the connection must close.
     pub async fn expect_fatal(&mut self, code: ErrorCode) -> (Frame, ErrPayload) {
         let (frame, e) = self.expect_err().await;
@@ -266,5 +288,82 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A client run by the reference behaviour (`Agent`); the test may type commands.
+pub struct Peer {
+    pub name: String,
+    pub commands: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<ServerEvent>,
+    pub task: JoinHandle<()>,
+}
+
+impl Peer {
+    /// Connects and runs the agent until the connection or the test ends.
+    pub async fn start(addr: impl tokio::net::ToSocketAddrs, cred: Credentials, seed: u64) -> Peer {
+        let client = Client::connect(addr, &cred).await.expect("connect");
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+        let (ev_tx, ev_rx) = mpsc::channel::<ServerEvent>(4096);
+        let name = cred.name.clone();
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut agent = Agent::new(cred.id, seed);
+            let (mut reader, mut writer) = client.split();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                let send = tokio::select! {
+                    ev = reader.recv() => match ev {
+                        Ok(Some(ev)) => {
+                            let out = agent.on_event(&ev, start.elapsed().as_millis() as u64);
+                            let _ = ev_tx.try_send(ev);
+                            out
+                        }
+                        other => {
+                            if std::env::var("SIGIL_TEST_TRACE").is_ok() {
+                                eprintln!("peer {} stops: {other:?}", cred.name);
+                            }
+                            return;
+                        }
+                    },
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(c) => vec![c],
+                        None => return,
+                    },
+                    _ = tick.tick() => agent.tick(start.elapsed().as_millis() as u64),
+                };
+                for c in send {
+                    if writer.send(c).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Peer { name, commands: cmd_tx, events: ev_rx, task }
+    }
+
+    pub async fn until<T>(&mut self, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} waited in vain", self.name))
+                .expect("peer running");
+            if let Some(t) = pick(&ev) {
+                return t;
+            }
+        }
+    }
+
+    pub async fn leader(&mut self, channel: Ulid) -> Ulid {
+        self.until(|ev| match ev {
+            ServerEvent::ChStatus(s) if s.id == channel && s.status == "healthy" => s.leader,
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn committed(&mut self, msg_id: Ulid) {
+        self.until(|ev| matches!(ev, ServerEvent::ChMsgCommit(c) if c.id == msg_id).then_some(())).await
     }
 }
