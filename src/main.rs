@@ -279,6 +279,18 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.frame_timeout_s = args.frame_timeout_s;
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
+    // Each connection is a descriptor; a common soft limit of 1024 would make
+    // accept fail long before --max-connections. Raise it toward the hard limit.
+    let wanted = (config.max_connections as u64).saturating_mul(2).saturating_add(64);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < config.max_connections as u64 => tracing::warn!(
+            limit = got,
+            max_connections = config.max_connections,
+            "the open-files limit is below --max-connections; accept will fail before the limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     runtime()?.block_on(async {
         let running = server::start(config).await?;
         running.run_until(shutdown_signal()).await;
