@@ -98,6 +98,9 @@ struct ServeArgs {
     /// Messages awaiting commit per channel.
     #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_pending: usize,
+    /// Bytes of message content awaiting commit per channel.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_bytes: usize,
     /// Merged messages awaiting confirmation per channel.
     #[arg(long, default_value_t = defaults::DEFAULT_MAX_MERGES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_merges: usize,
@@ -266,6 +269,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         replay_window: args.replay_window,
         max_unacked_private: args.max_unacked_private,
         max_pending: args.max_pending,
+        max_pending_bytes: args.max_pending_bytes,
         max_merges: args.max_merges,
         pull_page: args.pull_page,
         max_channels: args.max_channels,

@@ -246,3 +246,38 @@ async fn outbound_bytes_bound_a_slow_reader() {
     }
     assert!(dropped, "the stuck reader is dropped long before 400 × 30 KB are queued");
 }
+
+#[tokio::test]
+async fn pending_bytes_per_channel_are_bounded() {
+    let ts = TestServer::start(&["alice"], |c| c.limits.max_pending_bytes = 10_000).await;
+    let mut a = ts.connect("alice").await;
+    a.send(Command::ChNew { name: "solo".into() }).await.unwrap();
+    let ch = until(&mut a, |ev| if let ServerEvent::ChStatus(s) = ev { Some(s.id) } else { None }).await;
+    a.send(Command::ChLead { channel: ch, election: 1 }).await.unwrap();
+    until(&mut a, |ev| matches!(ev, ServerEvent::ChElected(_)).then_some(())).await;
+    a.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::binary(vec![0u8; 6_000]) }).await.unwrap();
+    until(&mut a, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+    a.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::binary(vec![0u8; 6_000]) }).await.unwrap();
+    assert_eq!(code(&err_of(&mut a).await), ErrorCode::RateLimited);
+    a.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: Body::binary(vec![0u8; 3_000]) }).await.unwrap();
+    until(&mut a, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
+}
+
+#[tokio::test]
+async fn unacked_private_deliveries_are_capped_oldest_first() {
+    let ts = TestServer::start(&["alice", "bob"], |c| c.limits.max_unacked_private = 2).await;
+    let (mut a, mut b) = (ts.connect("alice").await, ts.connect("bob").await);
+    let (ai, bi) = (a.credentials.id, b.credentials.id);
+    let ids: Vec<Ulid> = (0..3).map(|_| Ulid::new()).collect();
+    for id in &ids {
+        a.send(Command::PvMsg { to: bi, msg_id: *id, msg: Body::text("x") }).await.unwrap();
+        until(&mut b, |ev| matches!(ev, ServerEvent::Msg(m) if m.msg_id == *id).then_some(())).await;
+    }
+    // The oldest record was evicted: its ack is unknown; the newer two still work.
+    b.send(Command::AckMsg { from: ai, msg_id: ids[0] }).await.unwrap();
+    assert_eq!(code(&err_of(&mut b).await), ErrorCode::UnknownMsg);
+    for id in &ids[1..] {
+        b.send(Command::AckMsg { from: ai, msg_id: *id }).await.unwrap();
+        until(&mut a, |ev| matches!(ev, ServerEvent::MsgAck(k) if k.msg_id == *id).then_some(())).await;
+    }
+}

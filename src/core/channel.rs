@@ -95,6 +95,8 @@ pub struct ChannelLimits {
     pub max_pending: usize,
     /// Pending merges per channel.
     pub max_merges: usize,
+    /// Bytes of message content pending per channel.
+    pub max_pending_bytes: usize,
     /// Largest payload of any frame, sent or received.
     pub max_payload: usize,
 }
@@ -170,6 +172,8 @@ pub struct Channel {
     leader: Option<Ulid>,
     ballot: Option<Ballot>,
     pending: BTreeMap<Ulid, Pending>,
+    /// Content bytes of the pending messages.
+    pending_bytes: usize,
     merges: BTreeMap<Ulid, Merge>,
     /// Committed message id → position (durable or not).
     committed: HashMap<Ulid, u64>,
@@ -204,6 +208,7 @@ impl Channel {
             leader: None,
             ballot: None,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             merges: BTreeMap::new(),
             committed: s.history.into_iter().collect(),
             last_committed,
@@ -511,7 +516,9 @@ impl Channel {
         if self.knows(&msg_id) {
             return Err(err(ErrorCode::DuplicateMsg, "this msg_id is already used in this channel"));
         }
-        if self.pending.len() >= self.limits.max_pending {
+        if self.pending.len() >= self.limits.max_pending
+            || self.pending_bytes.saturating_add(msg.bytes.len()) > self.limits.max_pending_bytes
+        {
             return Err(err(ErrorCode::RateLimited, "too many messages await commit in this channel"));
         }
         let recipients = self.online.len() as u64;
@@ -537,6 +544,7 @@ impl Channel {
             acks: BTreeSet::from([from]),
             expires: now.saturating_add(self.limits.pending_ttl_s),
         };
+        self.pending_bytes += pending.body.bytes.len();
         self.pending.insert(msg_id, pending);
         Ok(())
     }
@@ -610,13 +618,20 @@ impl Channel {
                 format!("{} acks are not a strict majority of {} recipients", acks.len(), p.recipients.len()),
             ));
         }
-        if let Some(p) = self.pending.remove(&msg_id) {
+        if let Some(p) = self.take_pending(&msg_id) {
             let acks: Vec<Ulid> = acks.into_iter().collect();
             let entry =
                 HistoryEntry { id: msg_id, from: p.from, msg: p.body, timestamp: p.timestamp, acks: acks.clone() };
             self.append(entry, Announcement::Commit { msg_id, acks }, out);
         }
         Ok(())
+    }
+
+    /// Removes a pending message, keeping the byte count right.
+    fn take_pending(&mut self, msg_id: &Ulid) -> Option<Pending> {
+        let p = self.pending.remove(msg_id)?;
+        self.pending_bytes -= p.body.bytes.len();
+        Some(p)
     }
 
     fn append(&mut self, entry: HistoryEntry, announce: Announcement, out: &mut Vec<ChannelEffect>) {
@@ -737,7 +752,7 @@ impl Channel {
     pub fn tick(&mut self, now: u64, out: &mut Vec<ChannelEffect>) {
         let expired: Vec<Ulid> = self.pending.iter().filter(|(_, p)| p.expires <= now).map(|(id, _)| *id).collect();
         for msg_id in expired {
-            if let Some(p) = self.pending.remove(&msg_id) {
+            if let Some(p) = self.take_pending(&msg_id) {
                 let e =
                     ProtoError::new(ErrorCode::NotCommitted, "the message was not committed in time").with_msg(msg_id);
                 out.push(ChannelEffect::Send { to: p.from, frame: Outbound::error(&e) });
@@ -759,8 +774,14 @@ mod tests {
     use super::*;
     use crate::proto::ServerEvent;
 
-    const LIMITS: ChannelLimits =
-        ChannelLimits { min_online: 1, pending_ttl_s: 10, max_pending: 8, max_merges: 8, max_payload: 65_536 };
+    const LIMITS: ChannelLimits = ChannelLimits {
+        min_online: 1,
+        pending_ttl_s: 10,
+        max_pending: 8,
+        max_merges: 8,
+        max_pending_bytes: 1 << 20,
+        max_payload: 65_536,
+    };
 
     fn users(n: u128) -> Vec<Ulid> {
         (1..=n).map(Ulid::from).collect()

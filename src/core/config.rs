@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_UNACKED_PRIVATE: usize = 65_536;
 
 /// Default pending (uncommitted) messages per channel.
 pub const DEFAULT_MAX_PENDING: usize = 4096;
+/// Default bytes of message content awaiting commit per channel.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 /// Default merged messages awaiting confirmation per channel.
 pub const DEFAULT_MAX_MERGES: usize = 1024;
 /// Default messages per `CH_APPEND` page (pages are also cut to fit `max_payload`).
@@ -58,6 +60,8 @@ pub struct Limits {
     pub max_unacked_private: usize,
     /// Pending messages per channel.
     pub max_pending: usize,
+    /// Bytes of message content pending per channel.
+    pub max_pending_bytes: usize,
     /// Merged messages awaiting confirmation per channel.
     pub max_merges: usize,
     /// Messages per `CH_APPEND` page.
@@ -83,6 +87,7 @@ impl Default for Limits {
             replay_window: DEFAULT_REPLAY_WINDOW,
             max_unacked_private: DEFAULT_MAX_UNACKED_PRIVATE,
             max_pending: DEFAULT_MAX_PENDING,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             max_merges: DEFAULT_MAX_MERGES,
             pull_page: DEFAULT_PULL_PAGE,
             max_channels: DEFAULT_MAX_CHANNELS,
@@ -100,6 +105,7 @@ impl Limits {
             pending_ttl_s: self.pending_ttl_s,
             max_pending: self.max_pending,
             max_merges: self.max_merges,
+            max_pending_bytes: self.max_pending_bytes,
             max_payload: self.max_payload,
         }
     }

@@ -528,14 +528,16 @@ impl Relay {
         match command {
             Command::ChNew { name } => self.create_channel(me, name, now, out),
             Command::ChJoin { id } => {
-                let full = self.channels.get(&id).is_some_and(|c| c.members().len() >= self.limits.max_members);
+                let newcomer = self.channels.get(&id).is_some_and(|c| !c.is_member(&me));
+                let full =
+                    newcomer && self.channels.get(&id).is_some_and(|c| c.members().len() >= self.limits.max_members);
                 if full {
                     return Err(ProtoError::new(
                         ErrorCode::RateLimited,
                         "the channel has its maximum number of members",
                     ));
                 }
-                if self.channels.get(&id).is_some_and(|c| !c.is_member(&me)) {
+                if newcomer {
                     self.check_membership_room(me)?;
                 }
                 self.with_channel(id, out, |c, o| c.join(me, o))?;
