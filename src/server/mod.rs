@@ -344,17 +344,18 @@ fn spawn_account_watcher(
                 continue;
             }
             rev = new_rev;
-            // The hub hears of the change before readers can use a new key:
-            // a CNN checked with the new key then always finds the account,
-            // and one checked with a stale key is refused by its key revision.
+            // Readers see the new keys first, then the hub hears of the change:
+            // whoever reacts to its USR_ADD can connect at once, an old key stops
+            // working at once, and a session admitted with a key in between is
+            // closed when the change reaches the hub (the key revision decides).
+            if let Ok(mut dir) = shared.directory.write() {
+                dir.clear();
+                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
+            }
             for input in diff_accounts(&known, &accounts) {
                 if shared.hub.blocking_send(HubMsg::Input(input)).is_err() {
                     return;
                 }
-            }
-            if let Ok(mut dir) = shared.directory.write() {
-                dir.clear();
-                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
             }
             known = accounts;
         }
