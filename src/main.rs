@@ -297,7 +297,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     runtime()?.block_on(async {
         let running = server::start(config).await?;
-        running.run_until(shutdown_signal()).await;
+        running.run_until(shutdown_signal()).await?;
         Ok(())
     })
 }

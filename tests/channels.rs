@@ -226,7 +226,7 @@ async fn leader_disconnect_makes_it_leaderless_and_a_new_election_works() {
     // The new leader learned the ack recorded before it was elected (its own here).
     let ci = c.credentials.id;
     let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
-    assert_eq!((k.id, k.user), (m, ci));
+    assert_eq!((k.id, k.user, k.users.clone()), (m, ci, vec![ci]), "all recorded acks in one frame");
     c.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, ci] }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
 }
@@ -248,7 +248,7 @@ async fn restart_keeps_channels_members_elections_and_history() {
         a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
         until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
     }
-    // carol misses the last three: she leaves after the second commit... by disconnecting.
+    // Everyone disconnects; carol will pull from the second message on.
     drop(c);
     drop((a, b));
     ts.restart(|_| {}).await;

@@ -28,7 +28,7 @@ async fn three_reference_clients_elect_chat_and_survive_losing_the_leader() {
     for p in &mut peers {
         leaders.push(p.leader(ch).await);
     }
-    // Every leader seen was elected by a majority; wait until all agree on the last one.
+    // Wait until all agree on the leader the first one saw.
     let leader = leaders[0];
     for (p, seen) in peers.iter_mut().zip(&leaders) {
         if *seen != leader {

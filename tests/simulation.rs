@@ -194,7 +194,7 @@ impl Sim {
                     }
                     self.queue.push(op);
                 }
-                Effect::Pull(sigil::core::PullRequest { conn, channel, anchor, after_seq, limit }) => {
+                Effect::Pull(sigil::core::PullRequest { conn, channel, anchor, after_seq, limit, .. }) => {
                     let entries: Vec<HistoryEntry> =
                         self.durable_history.iter().skip(after_seq as usize).take(limit).cloned().collect();
                     let more = self.durable_history.len() > after_seq as usize + entries.len();

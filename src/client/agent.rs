@@ -162,6 +162,7 @@ impl Agent {
                 if let Some((&channel, c)) = found {
                     if let Some(p) = c.pending.get_mut(&a.id) {
                         p.acks.insert(a.user);
+                        p.acks.extend(a.users.iter().copied());
                     }
                     self.try_commit(channel, a.id, now_ms, &mut out);
                 }
@@ -301,7 +302,7 @@ mod tests {
         let msg =
             ServerEvent::ChMsg(ChMsg { id: ch, msg_id: m, msg: Body::text("x"), from: b, timestamp: 0, recipients: 4 });
         assert_eq!(a.on_event(&msg, 0), vec![Command::AckChMsg { id: m }], "2 of 4 is no majority");
-        let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m, user: c });
+        let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m, user: c, users: Vec::new() });
         assert_eq!(a.on_event(&ack, 0), vec![Command::ChCommit { id: m, acks: vec![me, b, c] }]);
         assert!(a.on_event(&ack, 0).is_empty(), "commits once");
     }

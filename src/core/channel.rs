@@ -482,10 +482,13 @@ impl Channel {
         self.leader = Some(leader);
         self.to_online(&Outbound::event(&ChElected { channel: self.id, election, leader }), out);
         self.status_if_changed(out);
-        // The new leader learns every ack recorded so far, so it can commit.
+        // The new leader learns every ack recorded so far, so it can commit:
+        // one frame per pending message, so the replay cannot flood its queue.
         for (msg_id, p) in &self.pending {
-            for &user in p.acks.iter().filter(|&&u| u != p.from) {
-                out.push(ChannelEffect::Send { to: leader, frame: Outbound::event(&ChMsgAck { id: *msg_id, user }) });
+            let users: Vec<Ulid> = p.acks.iter().copied().filter(|&u| u != p.from).collect();
+            if let Some(&user) = users.first() {
+                let frame = Outbound::event(&ChMsgAck { id: *msg_id, user, users });
+                out.push(ChannelEffect::Send { to: leader, frame });
             }
         }
     }
@@ -558,7 +561,7 @@ impl Channel {
             if !p.acks.insert(user) {
                 return Ok(());
             }
-            let frame = Outbound::event(&ChMsgAck { id: msg_id, user });
+            let frame = Outbound::event(&ChMsgAck { id: msg_id, user, users: Vec::new() });
             let mut to: BTreeSet<Ulid> = self.leader.into_iter().collect();
             to.insert(p.from);
             to.remove(&user);
@@ -571,7 +574,7 @@ impl Channel {
             if user == m.merger || !m.entry.acks.contains(&user) || !self.members.contains(&user) {
                 return Err(err(ErrorCode::UnknownMsg, "you are not asked to confirm that message"));
             }
-            if let Some(m) = self.merges.remove(&msg_id) {
+            if let Some(m) = self.take_merge(&msg_id) {
                 let entry = HistoryEntry {
                     id: m.entry.id,
                     from: m.entry.from,
@@ -627,6 +630,13 @@ impl Channel {
         Ok(())
     }
 
+    /// Removes a merge awaiting confirmation, keeping the byte count right.
+    fn take_merge(&mut self, msg_id: &Ulid) -> Option<Merge> {
+        let m = self.merges.remove(msg_id)?;
+        self.pending_bytes -= m.entry.msg.bytes.len();
+        Some(m)
+    }
+
     /// Removes a pending message, keeping the byte count right.
     fn take_pending(&mut self, msg_id: &Ulid) -> Option<Pending> {
         let p = self.pending.remove(msg_id)?;
@@ -678,10 +688,20 @@ impl Channel {
         let mut seen = BTreeSet::new();
         let mut new: Vec<MergedMessage> =
             messages.into_iter().filter(|m| !self.knows(&m.id) && seen.insert(m.id)).collect();
-        if self.merges.len() + new.len() > self.limits.max_merges {
+        let new_bytes: usize = new.iter().map(|m| m.msg.bytes.len()).sum();
+        if self.merges.len() + new.len() > self.limits.max_merges
+            || self.pending_bytes.saturating_add(new_bytes) > self.limits.max_pending_bytes
+        {
             return Err(err(ErrorCode::RateLimited, "too many merged messages await confirmation in this channel"));
         }
         for m in &mut new {
+            // The store keeps timestamps as SQLite integers (i64).
+            if i64::try_from(m.timestamp).is_err() {
+                return Err(ProtoError::new(
+                    ErrorCode::BadPayload,
+                    format!("merged message {}: timestamp out of range", m.id),
+                ));
+            }
             m.acks.sort_unstable();
             m.acks.dedup();
             // Its announcement must fit max_payload.
@@ -700,6 +720,7 @@ impl Channel {
             }
         }
         let ids = new.iter().map(|m| m.id).collect();
+        self.pending_bytes += new_bytes;
         for m in new {
             let id = m.id;
             let merge = Merge { merger: user, entry: m, expires: now.saturating_add(self.limits.pending_ttl_s) };
@@ -725,11 +746,6 @@ impl Channel {
         }
     }
 
-    /// True when a merge of `msg_id` awaits confirmation here.
-    pub fn has_merge(&self, msg_id: &Ulid) -> bool {
-        self.merges.contains_key(msg_id)
-    }
-
     /// `CH_ACK_REQ {id, users}` from `user`.
     pub fn ack_request(
         &mut self,
@@ -748,19 +764,27 @@ impl Channel {
         Ok(())
     }
 
-    /// Expires pending messages and merges due by `now`.
+    /// Expires pending messages and merges due by `now`. A leader that let
+    /// a message expire although a strict majority had acknowledged it did
+    /// not do its job: it loses the leadership, so the channel can elect
+    /// another (a leader that never commits cannot hold a channel forever).
     pub fn tick(&mut self, now: u64, out: &mut Vec<ChannelEffect>) {
         let expired: Vec<Ulid> = self.pending.iter().filter(|(_, p)| p.expires <= now).map(|(id, _)| *id).collect();
+        let mut leader_failed = false;
         for msg_id in expired {
             if let Some(p) = self.take_pending(&msg_id) {
+                leader_failed |= is_majority(p.acks.len(), p.recipients.len());
                 let e =
                     ProtoError::new(ErrorCode::NotCommitted, "the message was not committed in time").with_msg(msg_id);
                 out.push(ChannelEffect::Send { to: p.from, frame: Outbound::error(&e) });
             }
         }
+        if leader_failed && self.leader.take().is_some() {
+            self.status_if_changed(out);
+        }
         let expired: Vec<Ulid> = self.merges.iter().filter(|(_, m)| m.expires <= now).map(|(id, _)| *id).collect();
         for msg_id in expired {
-            if let Some(m) = self.merges.remove(&msg_id) {
+            if let Some(m) = self.take_merge(&msg_id) {
                 let e = ProtoError::new(ErrorCode::MergeUnconfirmed, "no other acker confirmed the merged message")
                     .with_msg(msg_id);
                 out.push(ChannelEffect::Send { to: m.merger, frame: Outbound::error(&e) });
@@ -879,5 +903,68 @@ mod tests {
             .collect();
         assert_eq!(codes, ["not_committed", "merge_unconfirmed"]);
         assert_eq!((c.pending_count(), c.merge_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_leader_that_lets_an_acknowledged_message_expire_is_deposed() {
+        let u = users(3);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        c.stored(0, 1, &mut out);
+        c.vote(u[1], 1, u[0], &mut out).unwrap();
+        // Not acknowledged by a majority: expiring is not the leader's fault.
+        c.message(u[1], Ulid::from(600u128), Body::text("x"), 0, &mut out).unwrap();
+        c.tick(10, &mut out);
+        assert_eq!(c.leader(), Some(u[0]));
+        // Acknowledged by a majority and left to expire: the leader is deposed.
+        let m = Ulid::from(601u128);
+        c.message(u[1], m, Body::text("y"), 20, &mut out).unwrap();
+        c.ack(u[2], m, &mut out).unwrap();
+        out.clear();
+        c.tick(30, &mut out);
+        assert_eq!(c.leader(), None);
+        assert!(sent_to(&out, u[2]).iter().any(|e| matches!(e, ServerEvent::ChStatus(s) if s.leader.is_none())));
+    }
+
+    #[test]
+    fn a_new_leader_gets_each_pending_message_acks_in_one_frame() {
+        let u = users(4);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        c.stored(0, 1, &mut out);
+        c.vote(u[1], 1, u[0], &mut out).unwrap();
+        c.vote(u[2], 1, u[0], &mut out).unwrap();
+        let m = Ulid::from(700u128);
+        c.message(u[3], m, Body::text("x"), 0, &mut out).unwrap();
+        c.ack(u[1], m, &mut out).unwrap();
+        c.ack(u[2], m, &mut out).unwrap();
+        c.session_down(u[0], &mut out);
+        c.lead(u[1], 2, &mut out).unwrap();
+        out.clear();
+        c.stored(0, 2, &mut out);
+        c.vote(u[2], 2, u[1], &mut out).unwrap();
+        let acks: Vec<_> = sent_to(&out, u[1])
+            .into_iter()
+            .filter_map(|e| if let ServerEvent::ChMsgAck(a) = e { Some(a) } else { None })
+            .collect();
+        assert_eq!(acks.len(), 1, "one frame for the message");
+        assert_eq!((acks[0].id, acks[0].users.clone()), (m, vec![u[1], u[2]]));
+    }
+
+    #[test]
+    fn merged_timestamps_must_fit_the_store() {
+        let u = users(2);
+        let mut c = channel(&u);
+        let mut out = Vec::new();
+        let m = MergedMessage {
+            id: Ulid::from(800u128),
+            from: u[0],
+            timestamp: u64::MAX,
+            msg: Body::text("m"),
+            acks: vec![u[1]],
+        };
+        assert_eq!(c.merge(u[0], vec![m], 0, &mut out).unwrap_err().code, ErrorCode::BadPayload);
     }
 }

@@ -175,6 +175,8 @@ pub struct PullRequest {
     pub after_seq: u64,
     /// At most this many messages.
     pub limit: usize,
+    /// Stop reading once the messages' content passes this many bytes.
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -195,9 +197,12 @@ pub struct Relay {
     sessions: HashMap<ConnId, Ulid>,
     online: HashMap<Ulid, ConnId>,
     replay: ReplayGuard,
-    /// Delivered, unacked private messages and when they expire.
-    deliveries: HashMap<Delivery, u64>,
-    deliveries_by_expiry: BTreeSet<(u64, Delivery)>,
+    /// Delivered, unacked private messages: when they expire, and their insertion number.
+    deliveries: HashMap<Delivery, (u64, u64)>,
+    /// (expiry, insertion number, delivery): expiries never decrease, so this
+    /// is also the order of insertion; the first is the oldest.
+    deliveries_by_expiry: BTreeSet<(u64, u64, Delivery)>,
+    deliveries_made: u64,
     channels: HashMap<Ulid, Channel>,
     /// Lower-cased channel name → id.
     channel_names: HashMap<String, Ulid>,
@@ -207,6 +212,8 @@ pub struct Relay {
     /// Message-only commands are routed by it, and it keeps ids unique across
     /// channels so one channel cannot capture another's acks. Pruned each tick.
     live_msgs: HashMap<Ulid, Ulid>,
+    /// Connections with a `CH_PULL` being read: one at a time each.
+    pulls_in_flight: std::collections::HashSet<ConnId>,
     /// Reused buffer for channel output.
     channel_out: Vec<ChannelEffect>,
 }
@@ -226,10 +233,12 @@ impl Relay {
             online: HashMap::new(),
             deliveries: HashMap::new(),
             deliveries_by_expiry: BTreeSet::new(),
+            deliveries_made: 0,
             channels: HashMap::new(),
             channel_names: HashMap::new(),
             memberships: HashMap::new(),
             live_msgs: HashMap::new(),
+            pulls_in_flight: std::collections::HashSet::new(),
             channel_out: Vec::new(),
         }
     }
@@ -310,6 +319,7 @@ impl Relay {
                 });
             }
             Input::Pulled { conn, channel, anchor, entries, more } => {
+                self.pulls_in_flight.remove(&conn);
                 if self.sessions.contains_key(&conn) {
                     let frame = self.append_page(channel, anchor, entries, more);
                     out.push(Effect::Send { conn, frame });
@@ -326,7 +336,7 @@ impl Relay {
                 let channels = &self.channels;
                 self.live_msgs.retain(|msg, c| channels.get(c).is_some_and(|c| c.is_live(msg)));
                 self.replay.sweep(now);
-                while let Some(&(expires, key)) = self.deliveries_by_expiry.first() {
+                while let Some(&(expires, _, key)) = self.deliveries_by_expiry.first() {
                     if expires > now {
                         break;
                     }
@@ -390,6 +400,7 @@ impl Relay {
 
     /// Ends a session: closes it (with `last`, if given) and tells everyone else.
     fn end_session(&mut self, conn: ConnId, last: Option<Outbound>, out: &mut Vec<Effect>) {
+        self.pulls_in_flight.remove(&conn);
         let Some(account) = self.sessions.remove(&conn) else { return };
         if self.online.get(&account) == Some(&conn) {
             self.online.remove(&account);
@@ -492,8 +503,8 @@ impl Relay {
                         ErrorCode::UnknownMsg,
                         "no such message was delivered to you from that user",
                     )),
-                    Some(expires) => {
-                        self.deliveries_by_expiry.remove(&(expires, key));
+                    Some((expires, made)) => {
+                        self.deliveries_by_expiry.remove(&(expires, made, key));
                         match self.online.get(&from) {
                             Some(&peer) => {
                                 out.push(Effect::Send {
@@ -604,13 +615,11 @@ impl Relay {
                     None => 0,
                     Some(a) => c.seq_of(&a).ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "unknown anchor"))?,
                 };
-                out.push(Effect::Pull(PullRequest {
-                    conn,
-                    channel: id,
-                    anchor,
-                    after_seq,
-                    limit: self.limits.pull_page,
-                }));
+                if !self.pulls_in_flight.insert(conn) {
+                    return Err(ProtoError::new(ErrorCode::RateLimited, "wait for the answer to your last CH_PULL"));
+                }
+                let (limit, max_bytes) = (self.limits.pull_page, self.limits.max_payload);
+                out.push(Effect::Pull(PullRequest { conn, channel: id, anchor, after_seq, limit, max_bytes }));
                 Ok(())
             }
             other => {
@@ -759,11 +768,12 @@ impl Relay {
     fn record_delivery(&mut self, key: Delivery, now: u64) {
         // The ledger is bounded: the oldest record goes first.
         while self.deliveries.len() >= self.limits.max_unacked_private {
-            let Some((_, old)) = self.deliveries_by_expiry.pop_first() else { break };
+            let Some((_, _, old)) = self.deliveries_by_expiry.pop_first() else { break };
             self.deliveries.remove(&old);
         }
         let expires = now.saturating_add(self.limits.pending_ttl_s);
-        self.deliveries.insert(key, expires);
-        self.deliveries_by_expiry.insert((expires, key));
+        self.deliveries_made += 1;
+        self.deliveries.insert(key, (expires, self.deliveries_made));
+        self.deliveries_by_expiry.insert((expires, self.deliveries_made, key));
     }
 }

@@ -58,9 +58,20 @@ impl Body {
         }
     }
 
-    /// The content as text, lossily for `bin` bodies (for display).
+    /// The content as text for a terminal: lossy for `bin` bodies, and with
+    /// control characters escaped, so a message cannot move the cursor, fake
+    /// a line of the client's own, or send terminal escape sequences.
     pub fn to_display(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
+        let text = String::from_utf8_lossy(&self.bytes);
+        let mut shown = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_control() {
+                shown.extend(c.escape_default());
+            } else {
+                shown.push(c);
+            }
+        }
+        shown
     }
 }
 
@@ -142,5 +153,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for BodyRef<'a> {
 impl<'a> From<&'a Body> for BodyRef<'a> {
     fn from(b: &'a Body) -> Self {
         BodyRef { kind: b.kind, bytes: Cow::Borrowed(&b.bytes) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_escapes_control_characters() {
+        let b = Body::text("hi\u{1b}[2J\n✓ committed");
+        assert_eq!(b.to_display(), "hi\\u{1b}[2J\\n✓ committed");
     }
 }

@@ -288,6 +288,11 @@ pub struct ChMsgAck {
     pub id: Ulid,
     /// Who acknowledged it.
     pub user: Ulid,
+    /// Every ack recorded so far, when the server replays them to a newly
+    /// elected leader in one frame (`user` is then one of them); empty
+    /// otherwise. An extension of the seed's fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<Ulid>,
 }
 event!(ChMsgAck, "CH_MSG_ACK");
 

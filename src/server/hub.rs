@@ -46,6 +46,7 @@ pub(super) async fn run(
     store: mpsc::Sender<StoreJob>,
     mut replies: mpsc::UnboundedReceiver<StoreReply>,
     stop: tokio_util::sync::CancellationToken,
+    failure: Arc<std::sync::OnceLock<String>>,
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
@@ -59,6 +60,7 @@ pub(super) async fn run(
                 StoreReply::Input(input) => Some(HubMsg::Input(input)),
                 StoreReply::Failed(error) => {
                     tracing::error!(%error, "the store failed: shutting down");
+                    let _ = failure.set(format!("the store failed: {error}"));
                     stop.cancel();
                     continue;
                 }

@@ -1,8 +1,9 @@
 //! The I/O shell: listener, connection tasks, the hub, account polling, shutdown.
 //!
 //! Data flows one way: socket → [`connection`] (frames, session) → [`hub`]
-//! (relay core) → connection queues → socket. The store is read by the
-//! account watcher thread on the core's behalf.
+//! (relay core) → connection queues → socket. The store is written by the
+//! [`store_writer`] thread on the core's behalf and polled for account
+//! changes by the account watcher thread.
 
 pub mod connection;
 pub mod hub;
@@ -25,8 +26,9 @@ use crate::proto::Outbound;
 use crate::store::{Store, StoreError, StoredAccount};
 use hub::HubMsg;
 
-/// Default outbound queue length per connection, in frames.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default outbound queue length per connection, in frames (the byte bound
+/// below is what bounds memory; this one bounds per-frame overhead).
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
 /// Default outbound queue size per connection, in payload bytes.
 pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
 /// Default connections in total.
@@ -191,6 +193,7 @@ pub fn now_unix() -> u64 {
 pub struct RunningServer {
     local_addr: SocketAddr,
     stop: CancellationToken,
+    failure: Arc<std::sync::OnceLock<String>>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -206,10 +209,19 @@ impl RunningServer {
         let _ = self.done.await;
     }
 
-    /// Runs until `signal` completes, then shuts down.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
+    /// Runs until `signal` completes or the server fails (its store), then
+    /// shuts down. Returns the failure, if that is why it stopped.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        tokio::select! {
+            _ = signal => {}
+            _ = self.stop.cancelled() => {}
+        }
+        let failure = self.failure.clone();
         self.shutdown().await;
+        match failure.get() {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -253,12 +265,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
     let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx);
-    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone()));
+    let failure = Arc::new(std::sync::OnceLock::new());
+    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone()));
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
     let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, vec![watcher, store_thread]));
-    Ok(RunningServer { local_addr, stop, done })
+    Ok(RunningServer { local_addr, stop, failure, done })
 }
 
 async fn serve(
@@ -331,8 +344,21 @@ fn spawn_account_watcher(
             if v == version {
                 continue;
             }
-            let (new_rev, accounts) = match store.accounts_rev().and_then(|r| Ok((r, store.accounts()?))) {
-                Ok(x) => x,
+            // Every channel write changes data_version; the accounts are
+            // reloaded only when their own revision moved.
+            let new_rev = match store.accounts_rev() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the accounts revision");
+                    continue;
+                }
+            };
+            if new_rev == rev {
+                version = v;
+                continue;
+            }
+            let accounts = match store.accounts() {
+                Ok(a) => a,
                 Err(e) => {
                     // `version` is left as it was, so the next poll retries.
                     tracing::warn!(error = %e, "cannot reload accounts");
@@ -340,9 +366,6 @@ fn spawn_account_watcher(
                 }
             };
             version = v;
-            if new_rev == rev {
-                continue;
-            }
             rev = new_rev;
             // Readers see the new keys first, then the hub hears of the change:
             // whoever reacts to its USR_ADD can connect at once, an old key stops

@@ -40,6 +40,27 @@ pub enum StoreReply {
     Failed(String),
 }
 
+/// How long a batch is retried while another process holds the database's
+/// write lock (an operator's `sqlite3`, say) before the server gives up.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Applies a batch, waiting out a database locked by another process.
+fn apply_retrying(store: &mut Store, writes: &[StoreOp]) -> Result<(), crate::store::StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_RETRY;
+    loop {
+        match store.apply(writes) {
+            Err(crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("the database is locked by another process; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the store thread until the queue closes and is drained.
 pub(super) fn spawn(
     mut store: Store,
@@ -63,7 +84,7 @@ pub(super) fn spawn(
                 }
             }
             if !writes.is_empty() {
-                if let Err(e) = store.apply(&writes) {
+                if let Err(e) = apply_retrying(&mut store, &writes) {
                     tracing::error!(error = %e, "store write failed; stopping the server");
                     let _ = hub.send(StoreReply::Failed(e.to_string()));
                     return;
@@ -88,8 +109,8 @@ pub(super) fn spawn(
                     let _ = hub.send(StoreReply::Input(Input::Stored { channel, seq, election }));
                 }
             }
-            for PullRequest { conn, channel, anchor, after_seq, limit } in pulls.drain(..) {
-                match store.history_after(&channel, after_seq, limit) {
+            for PullRequest { conn, channel, anchor, after_seq, limit, max_bytes } in pulls.drain(..) {
+                match store.history_after(&channel, after_seq, limit, max_bytes) {
                     Ok((entries, more)) => {
                         let _ = hub.send(StoreReply::Input(Input::Pulled { conn, channel, anchor, entries, more }));
                     }

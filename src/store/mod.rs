@@ -335,12 +335,14 @@ impl Store {
     }
 
     /// Up to `limit` committed messages after position `after_seq`, in order,
+    /// stopping once their content passes `max_bytes` (at least one message),
     /// and whether more follow.
     pub fn history_after(
         &self,
         channel: &Ulid,
         after_seq: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT msg_id, sender, timestamp, kind, body, acks FROM history
@@ -358,8 +360,15 @@ impl Store {
             ))
         })?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut = false;
         for row in rows {
+            if !out.is_empty() && bytes > max_bytes {
+                cut = true;
+                break;
+            }
             let (id, from, timestamp, kind, body, acks) = row?;
+            bytes = bytes.saturating_add(body.len());
             let kind = if kind == 1 { BodyKind::Str } else { BodyKind::Bin };
             let acks = acks.split(',').filter(|a| !a.is_empty()).map(parse_id).collect::<Result<_, _>>()?;
             out.push(HistoryEntry {
@@ -370,7 +379,7 @@ impl Store {
                 acks,
             });
         }
-        let more = out.len() > limit;
+        let more = cut || out.len() > limit;
         out.truncate(limit);
         Ok((out, more))
     }
