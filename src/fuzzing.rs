@@ -265,7 +265,7 @@ pub enum FuzzCommand {
     AckChMsg(u8),
     ChCommit(u8, Vec<u8>),
     ChPull(u8, Option<u8>),
-    ChMerge(u8, Vec<(u8, u8, Vec<u8>)>),
+    ChMerge(u8, Vec<(u8, u8, u64, Vec<u8>)>),
     ChAckReq(u8, Vec<u8>),
 }
 
@@ -281,6 +281,8 @@ struct SessionWorld {
     conns: std::collections::HashMap<u8, (crate::core::ConnId, crate::core::Session)>,
     next_conn: u64,
     queue: Vec<crate::core::StoreOp>,
+    /// What the store holds: (channel, msg_id) of every durable message.
+    durable: std::collections::HashSet<(ulid::Ulid, ulid::Ulid)>,
     now: u64,
     nonce: u64,
 }
@@ -329,10 +331,10 @@ impl SessionWorld {
                 id: self.channel(*c),
                 msg: ms
                     .iter()
-                    .map(|(m, f, a)| MergedMessage {
+                    .map(|(m, f, t, a)| MergedMessage {
                         id: self.msg(*m),
                         from: self.user(*f),
-                        timestamp: self.now,
+                        timestamp: *t,
                         msg: Body::text("m"),
                         acks: users(a),
                     })
@@ -424,6 +426,7 @@ pub fn session(data: &[u8]) {
         conns: std::collections::HashMap::new(),
         next_conn: 0,
         queue: Vec::new(),
+        durable: std::collections::HashSet::new(),
         now: now + 1,
         nonce: 0,
     };
@@ -471,7 +474,12 @@ pub fn session(data: &[u8]) {
                 let mut durable: std::collections::BTreeMap<ulid::Ulid, (u64, u64)> = Default::default();
                 for op in std::mem::take(&mut w.queue) {
                     match op {
-                        StoreOp::Append { channel, seq, .. } => durable.entry(channel).or_default().0 = seq,
+                        StoreOp::Append { channel, seq, entry } => {
+                            // What the store's UNIQUE (channel, msg_id) and i64 columns would refuse.
+                            assert!(w.durable.insert((channel, entry.id)), "{} appended twice", entry.id);
+                            assert!(i64::try_from(entry.timestamp).is_ok(), "timestamp out of the store's range");
+                            durable.entry(channel).or_default().0 = seq;
+                        }
                         StoreOp::SetElection { channel, election } => durable.entry(channel).or_default().1 = election,
                         _ => {}
                     }

@@ -338,6 +338,13 @@ impl Sim {
                     if seq != self.durable_history.len() as u64 + 1 {
                         self.fail(format!("append at {seq} onto a history of {}", self.durable_history.len()));
                     }
+                    // As the store's UNIQUE (channel, msg_id) would: a duplicate stops the server.
+                    if self.durable_history.iter().any(|e| e.id == entry.id) {
+                        self.fail(format!("{} appended twice", entry.id));
+                    }
+                    if i64::try_from(entry.timestamp).is_err() {
+                        self.fail(format!("{} has a timestamp the store cannot hold", entry.id));
+                    }
                     appended_now.push(entry.id);
                     self.durable_history.push(entry);
                     let e = reported.entry(channel).or_default();
@@ -425,6 +432,12 @@ impl Sim {
         }
     }
 
+    /// A message id from a small pool, so ids collide: new ones, ones the
+    /// server has pending, merging, committed, or lost in a crash.
+    fn pick_msg_id(&mut self) -> Ulid {
+        Ulid::from((self.seed as u128) << 64 | self.rng.gen_range(1_000..1_300u128))
+    }
+
     fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
         items.choose(&mut self.rng).cloned()
     }
@@ -501,9 +514,13 @@ impl Sim {
             }
             40..=51 => {
                 let (Some(u), Some(id)) = (self.pick(&members), self.channel) else { return };
-                let msg_id = Ulid::from(self.rng.gen::<u128>() >> 2);
+                let msg_id = self.pick_msg_id();
                 let recipients = self.online_members();
                 if self.send(u, Command::ChMsg { id, msg_id, msg: Body::text("m") }) {
+                    // Reusing an id that expired or was lost in a crash is fine; a committed one is not.
+                    if self.durable_history.iter().any(|e| e.id == msg_id) {
+                        self.fail(format!("CH_MSG accepted {msg_id}, which is committed"));
+                    }
                     self.msgs.insert(msg_id, MsgRecord { from: u, recipients, ..MsgRecord::default() });
                 }
             }
@@ -557,15 +574,15 @@ impl Sim {
                 let (Some(u), Some(id)) = (self.pick(&members), self.channel) else { return };
                 let n = self.rng.gen_range(0..=self.users.len());
                 let claimed: Vec<Ulid> = self.users.choose_multiple(&mut self.rng, n).copied().collect();
-                let msg_id = Ulid::from(self.rng.gen::<u128>() >> 2);
-                let entry = MergedMessage {
-                    id: msg_id,
-                    from: u,
-                    timestamp: self.now,
-                    msg: Body::text("old"),
-                    acks: claimed.clone(),
-                };
-                if !self.msgs.contains_key(&msg_id) && self.send(u, Command::ChMerge { id, msg: vec![entry] }) {
+                let msg_id = self.pick_msg_id();
+                // Now and then a timestamp the store could not hold.
+                let timestamp = if self.rng.gen_bool(0.1) { u64::MAX - self.rng.gen_range(0..2) } else { self.now };
+                let entry =
+                    MergedMessage { id: msg_id, from: u, timestamp, msg: Body::text("old"), acks: claimed.clone() };
+                let was_live = self.relay.channel(&id).is_some_and(|c| c.is_live(&msg_id));
+                self.send(u, Command::ChMerge { id, msg: vec![entry] });
+                // Only a merge the channel took awaits confirmation; known ids are skipped.
+                if !was_live && self.relay.channel(&id).is_some_and(|c| c.has_merge(&msg_id)) {
                     let claimed = claimed.into_iter().collect();
                     self.msgs.insert(msg_id, MsgRecord { from: u, merge: Some((u, claimed)), ..MsgRecord::default() });
                 }

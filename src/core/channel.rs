@@ -730,6 +730,11 @@ impl Channel {
         Ok(ids)
     }
 
+    /// True when a merge of `msg_id` awaits confirmation here.
+    pub fn has_merge(&self, msg_id: &Ulid) -> bool {
+        self.merges.contains_key(msg_id)
+    }
+
     /// True when the message is pending or awaiting merge confirmation here.
     pub fn is_live(&self, msg_id: &Ulid) -> bool {
         self.pending.contains_key(msg_id) || self.merges.contains_key(msg_id)
