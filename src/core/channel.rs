@@ -839,6 +839,19 @@ mod tests {
         c
     }
 
+    /// A channel of `u` with `u[0]` elected by everyone.
+    fn led_channel(u: &[Ulid]) -> Channel {
+        let mut c = channel(u);
+        let mut out = Vec::new();
+        c.lead(u[0], 1, &mut out).unwrap();
+        c.stored(0, 1, &mut out);
+        for &v in &u[1..] {
+            c.vote(v, 1, u[0], &mut out).unwrap();
+        }
+        assert_eq!(c.leader(), Some(u[0]));
+        c
+    }
+
     #[test]
     fn an_election_starts_only_once_its_number_is_durable() {
         let u = users(3);
@@ -860,11 +873,8 @@ mod tests {
     #[test]
     fn a_commit_is_announced_only_once_stored_and_only_on_real_acks() {
         let u = users(3);
-        let mut c = channel(&u);
+        let mut c = led_channel(&u);
         let mut out = Vec::new();
-        c.lead(u[0], 1, &mut out).unwrap();
-        c.stored(0, 1, &mut out);
-        c.vote(u[1], 1, u[0], &mut out).unwrap();
         let m = Ulid::from(500u128);
         c.message(u[2], m, Body::text("x"), 5, &mut out).unwrap();
         assert_eq!(c.commit(u[0], m, &[u[2], u[1]], &mut out).unwrap_err().code, ErrorCode::BadCommit);
@@ -888,11 +898,8 @@ mod tests {
     #[test]
     fn pending_messages_and_merges_expire_with_an_error_to_their_sender() {
         let u = users(2);
-        let mut c = channel(&u);
+        let mut c = led_channel(&u);
         let mut out = Vec::new();
-        c.lead(u[0], 1, &mut out).unwrap();
-        c.stored(0, 1, &mut out);
-        c.vote(u[1], 1, u[0], &mut out).unwrap();
         let m = Ulid::from(501u128);
         c.message(u[1], m, Body::text("x"), 100, &mut out).unwrap();
         let merged =
@@ -913,11 +920,8 @@ mod tests {
     #[test]
     fn a_leader_that_lets_an_acknowledged_message_expire_is_deposed() {
         let u = users(3);
-        let mut c = channel(&u);
+        let mut c = led_channel(&u);
         let mut out = Vec::new();
-        c.lead(u[0], 1, &mut out).unwrap();
-        c.stored(0, 1, &mut out);
-        c.vote(u[1], 1, u[0], &mut out).unwrap();
         // Not acknowledged by a majority: expiring is not the leader's fault.
         c.message(u[1], Ulid::from(600u128), Body::text("x"), 0, &mut out).unwrap();
         c.tick(10, &mut out);
@@ -935,12 +939,8 @@ mod tests {
     #[test]
     fn a_new_leader_gets_each_pending_message_acks_in_one_frame() {
         let u = users(4);
-        let mut c = channel(&u);
+        let mut c = led_channel(&u);
         let mut out = Vec::new();
-        c.lead(u[0], 1, &mut out).unwrap();
-        c.stored(0, 1, &mut out);
-        c.vote(u[1], 1, u[0], &mut out).unwrap();
-        c.vote(u[2], 1, u[0], &mut out).unwrap();
         let m = Ulid::from(700u128);
         c.message(u[3], m, Body::text("x"), 0, &mut out).unwrap();
         c.ack(u[1], m, &mut out).unwrap();
