@@ -135,8 +135,8 @@ struct FrameDeadline {
 }
 
 impl FrameDeadline {
-    /// The current frame is complete; `more` is true when bytes of the next
-    /// one are already buffered (its deadline starts now).
+    /// The reader is ready for the next frame; `more` is true when bytes of
+    /// it are already buffered (its deadline starts now, else at its first byte).
     fn frame_done(&mut self, more: bool) {
         self.deadline = more.then(|| Box::pin(tokio::time::sleep(self.limit)));
     }
@@ -217,6 +217,10 @@ async fn reader(
     let mut deadline = accepted + Duration::from_millis(shared.config.cnn_timeout_ms());
     let fatal = |e: ProtoError| End::Close(Some(Outbound::error(&e)), e.to_string());
     let end = loop {
+        // A frame's deadline runs from when the reader is ready for it: bytes of
+        // it that arrived while the hub took the last one do not count against it.
+        let more = !framed.read_buffer().is_empty();
+        framed.get_mut().frame_done(more);
         let frame = tokio::select! {
             biased;
             _ = handle.closing.cancelled() => break End::Gone("closed by server".into()),
@@ -238,8 +242,6 @@ async fn reader(
             Some(Err(e)) => break fatal(ProtoError::from(e)),
             Some(Ok(frame)) => frame,
         };
-        let more = !framed.read_buffer().is_empty();
-        framed.get_mut().frame_done(more);
         let was_authenticated = session.account().is_some();
         match bucket.take(started.elapsed().as_secs_f64()) {
             Verdict::Allowed => warned = false,
