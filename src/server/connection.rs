@@ -34,6 +34,11 @@ use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame};
 
 /// Bytes gathered before a write is issued.
 const WRITE_BATCH: usize = 64 * 1024;
+/// A buffer that grew past this for a burst is given back once empty: most
+/// connections are idle most of the time, and their memory is what counts.
+const KEEP_BUFFER: usize = 4 * 1024;
+/// Read buffer a connection starts with (frames before CNN are tiny).
+const INITIAL_READ_BUFFER: usize = 512;
 /// How long a closing connection may take to flush its last frames, and how
 /// long its unread input is drained so the kernel does not reset the socket
 /// (and destroy the final `ERR`) on close.
@@ -208,7 +213,8 @@ async fn reader(
 ) {
     let limits = &shared.config.limits;
     let timed = FrameDeadline { inner: read, limit: shared.config.frame_timeout(), deadline: None };
-    let mut framed = FramedRead::new(timed, FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload)));
+    let codec = FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload));
+    let mut framed = FramedRead::with_capacity(timed, codec, INITIAL_READ_BUFFER);
     let started = Instant::now();
     let mut bucket = TokenBucket::new(shared.config.rate, shared.config.burst, 0.0);
     let mut warned = false;
@@ -221,6 +227,9 @@ async fn reader(
         // it that arrived while the hub took the last one do not count against it.
         let more = !framed.read_buffer().is_empty();
         framed.get_mut().frame_done(more);
+        if !more && framed.read_buffer().capacity() > KEEP_BUFFER {
+            *framed.read_buffer_mut() = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+        }
         let frame = tokio::select! {
             biased;
             _ = handle.closing.cancelled() => break End::Gone("closed by server".into()),
@@ -349,9 +358,12 @@ fn dequeued(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
 }
 
 async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut write: OwnedWriteHalf) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::new();
     loop {
         if buf.is_empty() {
+            if buf.capacity() > KEEP_BUFFER {
+                buf = BytesMut::new();
+            }
             tokio::select! {
                 biased;
                 _ = handle.closing.cancelled() => break,
