@@ -25,10 +25,8 @@ fn client_ch_msg(key: &SecretKey, body: usize) -> Vec<u8> {
             msg: Body::binary(vec![7u8; body]),
         },
     };
-    let (name, payload) = req.encode();
-    let tag = key.mac().sign(name.as_bytes(), &payload);
     let mut buf = BytesMut::new();
-    encode_frame(&OutFrame { command: name, signature: Some(&tag), payload: &payload }, &mut buf);
+    sigil::client::write_request(Some(&key.mac()), &req, &mut buf);
     buf.to_vec()
 }
 

@@ -51,10 +51,16 @@ pub fn new_nonce() -> u64 {
 /// Builds one signed frame (or an unsigned one without a MAC).
 pub fn encode_request(mac: Option<&FrameMac>, command: Command, now: u64, buf: &mut BytesMut) -> u64 {
     let nonce = new_nonce();
-    let (name, payload) = Request { envelope: Envelope { nonce, timestamp: now }, command }.encode();
+    write_request(mac, &Request { envelope: Envelope { nonce, timestamp: now }, command }, buf);
+    nonce
+}
+
+/// Writes one frame for `request` as given (its nonce and timestamp
+/// included), signed when a MAC is given.
+pub fn write_request(mac: Option<&FrameMac>, request: &Request, buf: &mut BytesMut) {
+    let (name, payload) = request.encode();
     let tag = mac.map(|m| m.sign(name.as_bytes(), &payload));
     encode_frame(&OutFrame { command: name, signature: tag.as_ref(), payload: &payload }, buf);
-    nonce
 }
 
 /// The receiving half of a connection.

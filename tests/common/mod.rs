@@ -238,10 +238,9 @@ impl Raw {
 
 /// One signed frame.
 pub fn signed(cred: &Credentials, command: Command, nonce: u64, timestamp: u64) -> Vec<u8> {
-    let (name, payload) = Request { envelope: Envelope { nonce, timestamp }, command }.encode();
-    let tag = cred.key.mac().sign(name.as_bytes(), &payload);
     let mut buf = BytesMut::new();
-    encode_frame(&OutFrame { command: name, signature: Some(&tag), payload: &payload }, &mut buf);
+    let request = Request { envelope: Envelope { nonce, timestamp }, command };
+    sigil::client::write_request(Some(&cred.key.mac()), &request, &mut buf);
     buf.to_vec()
 }
 
