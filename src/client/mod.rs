@@ -80,11 +80,6 @@ impl ClientReader {
         self.check(&frame).map(Some)
     }
 
-    /// The next raw frame, unverified.
-    pub async fn recv_frame(&mut self) -> Result<Option<Frame>, ClientError> {
-        Ok(self.framed.next().await.transpose()?)
-    }
-
     fn check(&mut self, frame: &Frame) -> Result<ServerEvent, ClientError> {
         let command = frame.command.as_str();
         let valid = match &frame.signature {
@@ -116,12 +111,6 @@ impl ClientWriter {
         let nonce = encode_request(Some(&self.mac), command, crate::server::now_unix(), &mut self.buf);
         self.write.write_all(&self.buf).await?;
         Ok(nonce)
-    }
-
-    /// Sends raw bytes (tests of hostile input).
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.write.write_all(bytes).await?;
-        Ok(())
     }
 }
 

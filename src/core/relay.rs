@@ -258,11 +258,6 @@ impl Relay {
         self.channels.get(id)
     }
 
-    /// Every channel, for inspection.
-    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
-        self.channels.values()
-    }
-
     /// The `SINFO` frame (unsigned form is `.unsigned()`).
     pub fn sinfo(&self) -> &Outbound {
         &self.sinfo

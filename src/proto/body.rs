@@ -50,14 +50,6 @@ impl Body {
         Self { kind: r.kind, bytes }
     }
 
-    /// The content as text, if it is a `str` body.
-    pub fn as_text(&self) -> Option<&str> {
-        match self.kind {
-            BodyKind::Str => std::str::from_utf8(&self.bytes).ok(),
-            BodyKind::Bin => None,
-        }
-    }
-
     /// The content as text for a terminal: lossy for `bin` bodies, and with
     /// control characters escaped, so a message cannot move the cursor, fake
     /// a line of the client's own, or send terminal escape sequences.
