@@ -471,20 +471,15 @@ pub fn session(data: &[u8]) {
                 w.step(Input::Tick);
             }
             Step::Flush => {
-                let mut durable: std::collections::BTreeMap<ulid::Ulid, (u64, u64)> = Default::default();
-                for op in std::mem::take(&mut w.queue) {
-                    match op {
-                        StoreOp::Append { channel, seq, entry } => {
-                            // What the store's UNIQUE (channel, msg_id) and i64 columns would refuse.
-                            assert!(w.durable.insert((channel, entry.id)), "{} appended twice", entry.id);
-                            assert!(i64::try_from(entry.timestamp).is_ok(), "timestamp out of the store's range");
-                            durable.entry(channel).or_default().0 = seq;
-                        }
-                        StoreOp::SetElection { channel, election } => durable.entry(channel).or_default().1 = election,
-                        _ => {}
+                let ops = std::mem::take(&mut w.queue);
+                for op in &ops {
+                    if let StoreOp::Append { channel, entry, .. } = op {
+                        // What the store's UNIQUE (channel, msg_id) and i64 columns would refuse.
+                        assert!(w.durable.insert((*channel, entry.id)), "{} appended twice", entry.id);
+                        assert!(i64::try_from(entry.timestamp).is_ok(), "timestamp out of the store's range");
                     }
                 }
-                for (channel, (seq, election)) in durable {
+                for (channel, (seq, election)) in crate::core::durable_marks(&ops) {
                     w.step(Input::Stored { channel, seq, election });
                 }
             }

@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sigil::core::relay::{ConnId, Effect, Input, Relay};
-use sigil::core::{ChannelSnapshot, Limits, StoreOp};
+use sigil::core::{durable_marks, ChannelSnapshot, Limits, StoreOp};
 use sigil::proto::command::MergedMessage;
 use sigil::proto::event::HistoryEntry;
 use sigil::proto::{Body, Command, Envelope, Request, ServerEvent};
@@ -312,15 +312,13 @@ impl Sim {
     fn flush(&mut self) {
         let ops = std::mem::take(&mut self.queue);
         self.trace(|| format!("flush {ops:?}"));
-        let mut reported: BTreeMap<Ulid, (u64, u64)> = BTreeMap::new();
-        let mut appended_now = Vec::new();
+        let reported = durable_marks(&ops);
         for op in ops {
             match op {
-                StoreOp::CreateChannel { id, name, creator, .. } => {
+                StoreOp::CreateChannel { name, creator, .. } => {
                     self.durable_created = true;
                     self.durable_name = name;
                     self.durable_members.insert(creator);
-                    reported.entry(id).or_default();
                 }
                 StoreOp::AddMember { user, .. } => {
                     self.durable_members.insert(user);
@@ -328,12 +326,10 @@ impl Sim {
                 StoreOp::RemoveMember { user, .. } => {
                     self.durable_members.remove(&user);
                 }
-                StoreOp::SetElection { channel, election } => {
+                StoreOp::SetElection { election, .. } => {
                     self.durable_election = self.durable_election.max(election);
-                    let e = reported.entry(channel).or_default();
-                    e.1 = e.1.max(election);
                 }
-                StoreOp::Append { channel, seq, entry } => {
+                StoreOp::Append { seq, entry, .. } => {
                     // Invariant: append-only and gapless.
                     if seq != self.durable_history.len() as u64 + 1 {
                         self.fail(format!("append at {seq} onto a history of {}", self.durable_history.len()));
@@ -345,10 +341,7 @@ impl Sim {
                     if i64::try_from(entry.timestamp).is_err() {
                         self.fail(format!("{} has a timestamp the store cannot hold", entry.id));
                     }
-                    appended_now.push(entry.id);
                     self.durable_history.push(entry);
-                    let e = reported.entry(channel).or_default();
-                    e.0 = e.0.max(seq);
                 }
             }
         }

@@ -84,6 +84,27 @@ pub enum StoreOp {
     },
 }
 
+/// What a batch of writes made durable, per channel: its highest history
+/// position and election number (0 where the batch has none), as the store
+/// reports them back with `Input::Stored`.
+pub fn durable_marks<'a>(ops: impl IntoIterator<Item = &'a StoreOp>) -> BTreeMap<Ulid, (u64, u64)> {
+    let mut marks: BTreeMap<Ulid, (u64, u64)> = BTreeMap::new();
+    for op in ops {
+        match *op {
+            StoreOp::Append { channel, seq, .. } => {
+                let m = marks.entry(channel).or_default();
+                m.0 = m.0.max(seq);
+            }
+            StoreOp::SetElection { channel, election } => {
+                let m = marks.entry(channel).or_default();
+                m.1 = m.1.max(election);
+            }
+            _ => {}
+        }
+    }
+    marks
+}
+
 /// Limits a channel enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLimits {

@@ -8,7 +8,7 @@ pub mod rate;
 pub mod relay;
 pub mod session;
 
-pub use channel::{Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
+pub use channel::{durable_marks, Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
 pub use config::Limits;
 pub use relay::{ConnId, Effect, Input, PullRequest, Relay};
 pub use session::{AccountKey, Session, SessionOutput};

@@ -7,12 +7,9 @@
 //! History reads for `CH_PULL` run after the writes queued before them.
 //! A failed write stops the server: nothing may be announced that is not stored.
 
-use std::collections::BTreeMap;
-
 use tokio::sync::mpsc;
-use ulid::Ulid;
 
-use crate::core::{Input, PullRequest, StoreOp};
+use crate::core::{durable_marks, Input, PullRequest, StoreOp};
 use crate::store::Store;
 
 /// Jobs gathered into one transaction at most.
@@ -89,25 +86,11 @@ pub(super) fn spawn(
                     let _ = hub.send(StoreReply::Failed(e.to_string()));
                     return;
                 }
-                // Highest durable position and election number per channel.
-                let mut durable: BTreeMap<Ulid, (u64, u64)> = BTreeMap::new();
-                for op in writes.drain(..) {
-                    match op {
-                        StoreOp::Append { channel, seq, .. } => {
-                            let e = durable.entry(channel).or_default();
-                            e.0 = e.0.max(seq);
-                        }
-                        StoreOp::SetElection { channel, election } => {
-                            let e = durable.entry(channel).or_default();
-                            e.1 = e.1.max(election);
-                        }
-                        _ => {}
-                    }
-                }
-                for (channel, (seq, election)) in durable {
+                for (channel, (seq, election)) in durable_marks(&writes) {
                     // After a shutdown the hub is gone; the writes above still count.
                     let _ = hub.send(StoreReply::Input(Input::Stored { channel, seq, election }));
                 }
+                writes.clear();
             }
             for PullRequest { conn, channel, anchor, after_seq, limit, max_bytes } in pulls.drain(..) {
                 match store.history_after(&channel, after_seq, limit, max_bytes) {
