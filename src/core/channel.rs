@@ -286,7 +286,7 @@ impl Channel {
 
     /// True when the message is pending, merging or committed here.
     pub fn knows(&self, msg_id: &Ulid) -> bool {
-        self.pending.contains_key(msg_id) || self.merges.contains_key(msg_id) || self.committed.contains_key(msg_id)
+        self.is_live(msg_id) || self.committed.contains_key(msg_id)
     }
 
     /// Pending messages.
