@@ -15,6 +15,7 @@
 //!
 //! The normative protocol is `spec/PROTOCOL.md`.
 
+pub mod bench;
 pub mod client;
 pub mod core;
 #[doc(hidden)]

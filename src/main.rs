@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, default_value_t = 4 * sigil::wire::codec::DEFAULT_MAX_PAYLOAD)]
         max_payload: usize,
     },
+    /// Load generator: sigil and peers side by side (see bench/README.md).
+    Bench(sigil::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -245,6 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
             runtime()?.block_on(decode(cred, max_payload))
         }
+        Cmd::Bench(args) => Ok(sigil::bench::run(args)?),
     }
 }
 

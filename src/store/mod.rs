@@ -147,27 +147,46 @@ impl Store {
 
     /// Creates an account with a fresh key.
     pub fn add_account(&mut self, name: &str, now: u64) -> Result<StoredAccount, StoreError> {
-        validate_name(name)?;
-        let account = StoredAccount {
-            id: Ulid::new(),
-            name: name.to_owned(),
-            key: SecretKey::generate(),
-            key_rev: 1,
-            created_at: now,
-        };
+        let mut created = self.add_accounts(&[name.to_owned()], now)?;
+        // One name in, one account out.
+        created.pop().ok_or_else(|| StoreError::NameTaken(name.to_owned()))
+    }
+
+    /// Creates many accounts in one transaction (one fsync): for load
+    /// generators and provisioning scripts. Fails, creating none, if a name is
+    /// invalid or taken.
+    pub fn add_accounts(&mut self, names: &[String], now: u64) -> Result<Vec<StoredAccount>, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: bool =
-            tx.query_row("SELECT EXISTS(SELECT 1 FROM accounts WHERE name = ?1)", [name], |r| r.get(0))?;
-        if taken {
-            return Err(StoreError::NameTaken(name.to_owned()));
+        let mut created = Vec::with_capacity(names.len());
+        {
+            let mut taken = tx.prepare("SELECT EXISTS(SELECT 1 FROM accounts WHERE name = ?1)")?;
+            let mut insert =
+                tx.prepare("INSERT INTO accounts (id, name, key, key_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for name in names {
+                validate_name(name)?;
+                if taken.query_row([name], |r| r.get::<_, bool>(0))? {
+                    return Err(StoreError::NameTaken(name.clone()));
+                }
+                let account = StoredAccount {
+                    id: Ulid::new(),
+                    name: name.clone(),
+                    key: SecretKey::generate(),
+                    key_rev: 1,
+                    created_at: now,
+                };
+                insert.execute(params![
+                    account.id.to_string(),
+                    name,
+                    &account.key.as_bytes()[..],
+                    account.key_rev,
+                    account.created_at
+                ])?;
+                created.push(account);
+            }
         }
-        tx.execute(
-            "INSERT INTO accounts (id, name, key, key_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![account.id.to_string(), name, &account.key.as_bytes()[..], account.key_rev, account.created_at],
-        )?;
         bump_rev(&tx)?;
         tx.commit()?;
-        Ok(account)
+        Ok(created)
     }
 
     /// Every account, ordered by name.

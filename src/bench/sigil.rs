@@ -1,0 +1,527 @@
+//! The scenarios against sigil itself, through the crate's client library:
+//! channel fan-out with acks and commits as the protocol requires, private
+//! messages with acks, connect + CNN, and idle sessions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use super::stats::{write_message, Clock, Progress, Recorder};
+use super::{BenchError, FanoutParams, LoadShape, Measured};
+use crate::client::{Client, ClientReader, ClientWriter, Credentials};
+use crate::proto::{Body, Command, ServerEvent};
+
+/// Connections opened at once while setting up.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Events handled before pending writes are flushed, so a busy socket still gets its acks out.
+const EVENTS_PER_FLUSH: usize = 256;
+/// How long setup steps (channel, election) may take.
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
+
+fn setup_err(what: impl std::fmt::Display) -> BenchError {
+    BenchError::Setup(what.to_string())
+}
+
+/// Connects and authenticates every account, `CONNECT_CONCURRENCY` at a time.
+pub async fn connect_all(addr: SocketAddr, creds: &[Credentials]) -> Result<Vec<Client>, BenchError> {
+    let clients: Vec<Result<Client, _>> = futures_util::stream::iter(creds.iter().cloned())
+        .map(|cred| async move { Client::connect(addr, &cred).await })
+        .buffered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    clients.into_iter().map(|c| c.map_err(|e| setup_err(format!("connect: {e}")))).collect()
+}
+
+/// Reads events until `pick` returns something, within `SETUP_LIMIT`.
+async fn wait_for<T>(
+    client: &mut Client,
+    mut pick: impl FnMut(ServerEvent) -> Option<Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    tokio::time::timeout(SETUP_LIMIT, async {
+        loop {
+            match client.recv().await {
+                Ok(Some(ev)) => {
+                    if let Some(t) = pick(ev) {
+                        return t;
+                    }
+                }
+                Ok(None) => return Err(setup_err("server closed during setup")),
+                Err(e) => return Err(setup_err(e)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| setup_err("setup timed out"))?
+}
+
+/// Shared state of a fan-out run.
+struct Run {
+    clock: Clock,
+    progress: Arc<Progress>,
+    /// Messages sent and not yet committed, over all publishers.
+    inflight: AtomicI64,
+    /// Messages sent.
+    sent: AtomicU64,
+    /// `ERR` frames received.
+    errors: AtomicU64,
+    /// Publishing stops.
+    publish_end: CancellationToken,
+    /// Everything stops.
+    stop: CancellationToken,
+}
+
+/// A message the leader tracks until it commits it.
+struct Pending {
+    recipients: u64,
+    acks: Vec<Ulid>,
+}
+
+/// One member connection's task.
+struct Member {
+    me: Ulid,
+    channel: Ulid,
+    leader: bool,
+    /// Publisher number, for publishers.
+    publisher: Option<u16>,
+    params: FanoutParams,
+    reader: ClientReader,
+    writer: ClientWriter,
+    rec: Recorder,
+    run: Arc<Run>,
+    /// Own messages not yet committed: msg_id → send time.
+    own: HashMap<Ulid, u64>,
+    seq: u32,
+    /// Leader only: messages awaiting a majority.
+    pending: HashMap<Ulid, Pending>,
+    to_ack: Vec<Ulid>,
+    body: Vec<u8>,
+}
+
+impl Member {
+    fn on_event(&mut self, ev: ServerEvent, go: &watch::Sender<bool>, online: &mut u64, elected: &mut bool) {
+        let now = self.run.clock.now_ns();
+        match ev {
+            ServerEvent::ChMsg(m) if m.id == self.channel => {
+                self.rec.delivered(&m.msg.bytes, now);
+                self.run.progress.delivered();
+                if m.from != self.me {
+                    self.to_ack.push(m.msg_id);
+                }
+                if self.leader {
+                    self.pending.insert(m.msg_id, Pending { recipients: m.recipients, acks: vec![m.from] });
+                    self.try_commit(m.msg_id);
+                }
+            }
+            ServerEvent::ChMsgAck(a) if self.leader => {
+                if let Some(p) = self.pending.get_mut(&a.id) {
+                    for user in std::iter::once(a.user).chain(a.users) {
+                        if !p.acks.contains(&user) {
+                            p.acks.push(user);
+                        }
+                    }
+                    self.try_commit(a.id);
+                }
+            }
+            ServerEvent::ChMsgCommit(c) => {
+                if let Some(sent) = self.own.remove(&c.id) {
+                    self.rec.completed(sent, now);
+                    self.run.progress.complete();
+                    self.run.inflight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            ServerEvent::ChVote(v) if v.user != self.me => {
+                self.writer.queue(Command::ChVote { channel: v.channel, election: v.election, user: v.user });
+            }
+            ServerEvent::ChElected(e) if self.leader && e.channel == self.channel => {
+                *elected = e.leader == self.me;
+                let _ = go.send(*elected && *online >= self.params.members as u64);
+            }
+            ServerEvent::ChStatus(s) if self.leader && s.id == self.channel => {
+                *online = s.online;
+                let _ = go.send(*elected && *online >= self.params.members as u64);
+            }
+            ServerEvent::Err(e) => {
+                if self.run.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("\nbench: member got ERR {} ({})", e.code, e.reason);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Leader: commits a message once a strict majority of its recipients acked.
+    fn try_commit(&mut self, id: Ulid) {
+        let Some(p) = self.pending.get(&id) else { return };
+        if (p.acks.len() as u64) * 2 > p.recipients {
+            if let Some(p) = self.pending.remove(&id) {
+                self.writer.queue(Command::ChCommit { id, acks: p.acks });
+            }
+        }
+    }
+
+    fn queue_acks(&mut self) {
+        for id in self.to_ack.drain(..) {
+            self.writer.queue(Command::AckChMsg { id });
+        }
+    }
+
+    /// Publishes what the load shape allows now.
+    fn publish(&mut self, started_ns: u64) {
+        let Some(publisher) = self.publisher else { return };
+        if self.run.publish_end.is_cancelled() {
+            return;
+        }
+        let now = self.run.clock.now_ns();
+        let room = self.params.window.saturating_sub(self.own.len());
+        let (count, spacing) = match self.params.shape {
+            LoadShape::Closed => (room, 0),
+            LoadShape::Open { messages_per_s } => {
+                let due = ((now.saturating_sub(started_ns)) as f64 * messages_per_s / 1e9) as u64;
+                (due.saturating_sub(self.seq as u64).min(room as u64) as usize, (1e9 / messages_per_s) as u64)
+            }
+        };
+        for _ in 0..count {
+            // Open loop: stamped with the scheduled time, so a late send counts as latency.
+            let sent = match spacing {
+                0 => now,
+                s => started_ns + self.seq as u64 * s,
+            };
+            write_message(&mut self.body, self.params.size, sent, publisher, self.seq);
+            self.seq += 1;
+            let msg_id = Ulid::new();
+            self.own.insert(msg_id, sent);
+            self.writer.queue(Command::ChMsg {
+                id: self.channel,
+                msg_id,
+                msg: Body::text(String::from_utf8_lossy(&self.body).into_owned()),
+            });
+            self.run.sent.fetch_add(1, Ordering::Relaxed);
+            self.run.inflight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    async fn run(mut self, go: watch::Sender<bool>, mut go_rx: watch::Receiver<bool>) -> Recorder {
+        let (mut online, mut elected) = (self.params.members as u64, false);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut started_ns = None;
+        loop {
+            if *go_rx.borrow() {
+                let started = *started_ns.get_or_insert_with(|| self.run.clock.now_ns());
+                self.publish(started);
+            }
+            self.queue_acks();
+            if self.writer.flush().await.is_err() {
+                break;
+            }
+            let open = matches!(self.params.shape, LoadShape::Open { .. }) && self.publisher.is_some();
+            let ev = tokio::select! {
+                biased;
+                _ = self.run.stop.cancelled() => break,
+                ev = self.reader.recv() => ev,
+                _ = go_rx.changed(), if started_ns.is_none() => continue,
+                _ = tick.tick(), if open && started_ns.is_some() && !self.run.publish_end.is_cancelled() => continue,
+            };
+            let Ok(Some(ev)) = ev else { break };
+            self.on_event(ev, &go, &mut online, &mut elected);
+            // Handle what is already buffered before writing once for all of it.
+            for _ in 0..EVENTS_PER_FLUSH {
+                match self.reader.recv().now_or_never() {
+                    Some(Ok(Some(ev))) => self.on_event(ev, &go, &mut online, &mut elected),
+                    _ => break,
+                }
+            }
+        }
+        self.rec
+    }
+}
+
+/// Channel fan-out: `members` in one channel, the first elected leader,
+/// `publishers` of them (not the leader) sending.
+pub async fn fanout(
+    addr: SocketAddr,
+    creds: &[Credentials],
+    params: &FanoutParams,
+    progress: Arc<Progress>,
+) -> Result<Measured, BenchError> {
+    let mut clients = connect_all(addr, &creds[..params.members]).await?;
+    let name = format!("bench-{}", Ulid::new());
+    let leader = &mut clients[0];
+    leader.send(Command::ChNew { name: name.clone() }).await.map_err(setup_err)?;
+    let channel = wait_for(leader, |ev| match ev {
+        ServerEvent::ChStatus(s) if s.name == name => Some(Ok(s.id)),
+        ServerEvent::Err(e) => Some(Err(setup_err(format!("CH_NEW: {} ({})", e.code, e.reason)))),
+        _ => None,
+    })
+    .await?;
+    for c in &mut clients[1..] {
+        c.send(Command::ChJoin { id: channel }).await.map_err(setup_err)?;
+    }
+    // The leader stands once every member has joined (its CH_STATUS tells);
+    // the others vote when their tasks read the CH_VOTE.
+    let members = params.members as u64;
+    let leader = &mut clients[0];
+    wait_for(leader, |ev| {
+        matches!(ev, ServerEvent::ChStatus(s) if s.id == channel && s.online >= members).then_some(Ok(()))
+    })
+    .await?;
+    leader.send(Command::ChLead { channel, election: 1 }).await.map_err(setup_err)?;
+    let clock = Clock::start();
+    let run = Arc::new(Run {
+        clock,
+        progress,
+        inflight: AtomicI64::new(0),
+        sent: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        publish_end: CancellationToken::new(),
+        stop: CancellationToken::new(),
+    });
+    let (go_tx, mut go_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let publishers = params.publishers.clamp(1, params.members.saturating_sub(1).max(1));
+    for (i, client) in clients.into_iter().enumerate() {
+        let me = client.credentials.id;
+        let (mut reader, writer) = client.split();
+        reader.trust_tags();
+        let member = Member {
+            me,
+            channel,
+            leader: i == 0,
+            // The leader publishes only when it is alone.
+            publisher: ((1..=publishers).contains(&i) || params.members == 1).then_some(i as u16),
+            params: params.clone(),
+            reader,
+            writer,
+            rec: Recorder::default(),
+            run: run.clone(),
+            own: HashMap::new(),
+            seq: 0,
+            pending: HashMap::new(),
+            to_ack: Vec::new(),
+            body: Vec::with_capacity(params.size),
+        };
+        tasks.push(tokio::spawn(member.run(go_tx.clone(), go_rx.clone())));
+    }
+    drop(go_tx);
+    tokio::time::timeout(SETUP_LIMIT, go_rx.wait_for(|g| *g))
+        .await
+        .map_err(|_| setup_err("the channel did not elect its leader in time"))?
+        .map_err(setup_err)?;
+    let started = run.clock.now_ns();
+    tokio::time::sleep(params.duration).await;
+    run.publish_end.cancel();
+    let published_ns = run.clock.now_ns() - started;
+    // Drain: wait for every sent message to commit, within a bound.
+    let drain_start = std::time::Instant::now();
+    while run.inflight.load(Ordering::Acquire) > 0 && drain_start.elapsed() < params.drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected = run.sent.load(Ordering::Relaxed) * params.members as u64;
+    while run.progress.deliveries.load(Ordering::Relaxed) < expected && drain_start.elapsed() < params.drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed_ns = run.clock.now_ns() - started;
+    run.stop.cancel();
+    let mut rec = Recorder::default();
+    for t in tasks {
+        rec.merge(t.await.map_err(setup_err)?);
+    }
+    let sent = run.sent.load(Ordering::Relaxed);
+    let committed = rec.completion.len();
+    Ok(Measured {
+        deliveries: rec.unique,
+        completed: committed,
+        sent,
+        lost: expected.saturating_sub(rec.unique) + sent.saturating_sub(committed),
+        duplicated: rec.duplicated,
+        errors: run.errors.load(Ordering::Relaxed),
+        elapsed: Duration::from_nanos(elapsed_ns.max(published_ns)),
+        publish_time: Duration::from_nanos(published_ns),
+        delivery: rec.delivery,
+        completion: rec.completion,
+    })
+}
+
+/// Private messages: `pairs` pairs, each side sending `PV_MSG` to the other
+/// with `window` messages awaiting their `MSG_ACK`.
+pub async fn private(
+    addr: SocketAddr,
+    creds: &[Credentials],
+    pairs: usize,
+    params: &FanoutParams,
+    progress: Arc<Progress>,
+) -> Result<Measured, BenchError> {
+    let clients = connect_all(addr, &creds[..pairs * 2]).await?;
+    let ids: Vec<Ulid> = clients.iter().map(|c| c.credentials.id).collect();
+    let clock = Clock::start();
+    let publish_end = CancellationToken::new();
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        let partner = ids[i ^ 1];
+        let (mut reader, mut writer) = client.split();
+        reader.trust_tags();
+        let (end, sent, errors, progress, params) =
+            (publish_end.clone(), sent.clone(), errors.clone(), progress.clone(), params.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rec = Recorder::default();
+            let mut own: HashMap<Ulid, u64> = HashMap::new();
+            let mut body = Vec::new();
+            let mut seq = 0u32;
+            let mut acks: Vec<(Ulid, Ulid)> = Vec::new();
+            loop {
+                if end.is_cancelled() && own.is_empty() {
+                    break;
+                }
+                while !end.is_cancelled() && own.len() < params.window {
+                    let now = clock.now_ns();
+                    write_message(&mut body, params.size, now, i as u16, seq);
+                    seq += 1;
+                    let msg_id = Ulid::new();
+                    own.insert(msg_id, now);
+                    let msg = Body::text(String::from_utf8_lossy(&body).into_owned());
+                    writer.queue(Command::PvMsg { to: partner, msg_id, msg });
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                for (from, msg_id) in acks.drain(..) {
+                    writer.queue(Command::AckMsg { from, msg_id });
+                }
+                if writer.flush().await.is_err() {
+                    break;
+                }
+                let ev = tokio::select! {
+                    ev = reader.recv() => ev,
+                    _ = end.cancelled(), if own.is_empty() => break,
+                    _ = tokio::time::sleep(params.drain) => break,
+                };
+                let mut next = match ev {
+                    Ok(Some(ev)) => Some(ev),
+                    _ => break,
+                };
+                let mut handled = 0;
+                while let Some(ev) = next.take() {
+                    let now = clock.now_ns();
+                    match ev {
+                        ServerEvent::Msg(m) => {
+                            rec.delivered(&m.msg.bytes, now);
+                            progress.delivered();
+                            acks.push((m.from, m.msg_id));
+                        }
+                        ServerEvent::MsgAck(a) => {
+                            if let Some(sent) = own.remove(&a.msg_id) {
+                                rec.completed(sent, now);
+                                progress.complete();
+                            }
+                        }
+                        ServerEvent::Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!("\nbench: private got ERR {} ({})", e.code, e.reason);
+                            }
+                        }
+                        _ => {}
+                    }
+                    handled += 1;
+                    if handled < EVENTS_PER_FLUSH {
+                        if let Some(Ok(Some(ev))) = reader.recv().now_or_never() {
+                            next = Some(ev);
+                        }
+                    }
+                }
+            }
+            rec
+        }));
+    }
+    let started = clock.now_ns();
+    tokio::time::sleep(params.duration).await;
+    publish_end.cancel();
+    let published_ns = clock.now_ns() - started;
+    let mut rec = Recorder::default();
+    for t in tasks {
+        rec.merge(t.await.map_err(setup_err)?);
+    }
+    let elapsed_ns = clock.now_ns() - started;
+    let sent = sent.load(Ordering::Relaxed);
+    let acked = rec.completion.len();
+    Ok(Measured {
+        deliveries: rec.unique,
+        completed: acked,
+        sent,
+        lost: sent.saturating_sub(rec.unique) + sent.saturating_sub(acked),
+        duplicated: rec.duplicated,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: Duration::from_nanos(elapsed_ns),
+        publish_time: Duration::from_nanos(published_ns),
+        delivery: rec.delivery,
+        completion: rec.completion,
+    })
+}
+
+/// New connections + CNN per second: `count` sessions, `concurrency` at a
+/// time, each closed once its own `UCNN` confirmed it.
+pub async fn connect(
+    addr: SocketAddr,
+    creds: &[Credentials],
+    count: usize,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<(usize, Duration), BenchError> {
+    let start = std::time::Instant::now();
+    let ok = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let cred = creds[i % creds.len()].clone();
+            let progress = progress.clone();
+            async move {
+                let done = Client::connect(addr, &cred).await.is_ok();
+                if done {
+                    progress.complete();
+                }
+                done
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    Ok((ok, start.elapsed()))
+}
+
+/// Idle sessions: opens one per credential and keeps each reading (the
+/// server announces every arrival to every session) until `hold` is cancelled.
+/// Returns the sessions opened and a counter of those still open.
+pub async fn idle(
+    addr: SocketAddr,
+    creds: &[Credentials],
+    hold: CancellationToken,
+    progress: Arc<Progress>,
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<AtomicU64>), BenchError> {
+    let open = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(creds.len());
+    let mut connecting = futures_util::stream::iter(creds.iter().cloned())
+        .map(|cred| async move { Client::connect(addr, &cred).await })
+        .buffered(CONNECT_CONCURRENCY);
+    while let Some(client) = connecting.next().await {
+        let mut client = client.map_err(|e| setup_err(format!("connect: {e}")))?;
+        client.reader.trust_tags();
+        progress.complete();
+        let (open, hold) = (open.clone(), hold.clone());
+        open.fetch_add(1, Ordering::Relaxed);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hold.cancelled() => break,
+                    ev = client.recv() => if !matches!(ev, Ok(Some(_))) { break },
+                }
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    Ok((tasks, open))
+}
