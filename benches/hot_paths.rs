@@ -111,7 +111,7 @@ fn bench_msgpack(c: &mut Criterion) {
     let mut g = c.benchmark_group("msgpack");
     let ack = Request {
         envelope: Envelope { nonce: 9, timestamp: 1_800_000_000 },
-        command: Command::AckChMsg { id: Ulid::from(2u128) },
+        command: Command::AckChMsg { id: Ulid::from(2u128), ids: Vec::new() },
     };
     let (_, ack_payload) = ack.encode();
     let ack_payload = Bytes::from(ack_payload);
@@ -125,10 +125,14 @@ fn bench_msgpack(c: &mut Criterion) {
     let msg_payload = Bytes::from(msg_payload);
     let msg_name = CommandName::new(b"CH_MSG").unwrap_or_else(|| unreachable!());
     g.bench_function("parse_ch_msg_128B", |b| b.iter(|| Request::parse(&msg_name, black_box(&msg_payload)).ok()));
-    let ack_event = ChMsgAck { id: Ulid::from(2u128), user: Ulid::from(4u128), users: Vec::new() };
+    let ack_event = ChMsgAck { id: Ulid::from(2u128), user: Ulid::from(4u128), users: Vec::new(), ids: Vec::new() };
     g.bench_function("encode_ch_msg_ack", |b| b.iter(|| Outbound::event(black_box(&ack_event))));
-    let commit =
-        ChMsgCommit { id: Ulid::from(2u128), channel: Ulid::from(1u128), acks: (0..101u128).map(Ulid::from).collect() };
+    let commit = ChMsgCommit {
+        id: Ulid::from(2u128),
+        channel: Ulid::from(1u128),
+        acks: (0..101u128).map(Ulid::from).collect(),
+        ids: Vec::new(),
+    };
     g.bench_function("encode_ch_msg_commit_101_acks", |b| b.iter(|| Outbound::event(black_box(&commit))));
     g.finish();
 }

@@ -307,7 +307,7 @@ impl SessionWorld {
         let body = |b: &Vec<u8>| Body::binary(b.clone());
         let users = |v: &Vec<u8>| v.iter().map(|&u| self.user(u)).collect::<Vec<_>>();
         match c {
-            FuzzCommand::Cnn(u) => Command::Cnn { id: self.user(*u) },
+            FuzzCommand::Cnn(u) => Command::Cnn { id: self.user(*u), batch: false },
             FuzzCommand::Kalive => Command::Kalive,
             FuzzCommand::Dcnn => Command::Dcnn,
             FuzzCommand::Info => Command::Info,
@@ -324,8 +324,8 @@ impl SessionWorld {
                 Command::ChVote { channel: self.channel(*c), election: *e % 8, user: self.user(*u) }
             }
             FuzzCommand::ChMsg(c, m, b) => Command::ChMsg { id: self.channel(*c), msg_id: self.msg(*m), msg: body(b) },
-            FuzzCommand::AckChMsg(m) => Command::AckChMsg { id: self.msg(*m) },
-            FuzzCommand::ChCommit(m, a) => Command::ChCommit { id: self.msg(*m), acks: users(a) },
+            FuzzCommand::AckChMsg(m) => Command::AckChMsg { id: self.msg(*m), ids: Vec::new() },
+            FuzzCommand::ChCommit(m, a) => Command::ChCommit { id: self.msg(*m), acks: users(a), ids: Vec::new() },
             FuzzCommand::ChPull(c, a) => Command::ChPull { id: self.channel(*c), anchor: a.map(|a| self.msg(a)) },
             FuzzCommand::ChMerge(c, ms) => Command::ChMerge {
                 id: self.channel(*c),
@@ -399,8 +399,8 @@ impl SessionWorld {
                 Input::Closed { conn }
             }
             Ok(SessionOutput::Info) => return,
-            Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => {
-                Input::Open { conn, account, key_rev, envelope }
+            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
+                Input::Open { conn, account, key_rev, envelope, batch }
             }
             Ok(SessionOutput::Reject { envelope, error }) => Input::Reject { conn, envelope, error },
             Ok(SessionOutput::Request(request)) => Input::Request { conn, request },
@@ -444,7 +444,7 @@ pub fn session(data: &[u8]) {
                     w.nonce += 1;
                     let (name, payload) = Request {
                         envelope: Envelope { nonce: w.nonce, timestamp: w.now },
-                        command: crate::proto::Command::Cnn { id },
+                        command: crate::proto::Command::Cnn { id, batch: false },
                     }
                     .encode();
                     w.frame(u, name, payload);

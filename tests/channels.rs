@@ -76,17 +76,17 @@ async fn happy_path_create_join_elect_message_ack_commit_pull() {
         let got = until(x, |ev| if let ServerEvent::ChMsg(g) = ev { Some(g) } else { None }).await;
         assert_eq!((got.id, got.msg_id, got.from, got.msg), (ch, m, ci, Body::text("hello all")));
     }
-    b.send(Command::AckChMsg { id: m }).await.unwrap();
+    b.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
     // The leader and the sender learn of bob's ack.
     for x in [&mut a, &mut c] {
         let k = until(x, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
         assert_eq!((k.id, k.user), (m, bi));
     }
-    a.send(Command::AckChMsg { id: m }).await.unwrap();
+    a.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
     let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
     assert_eq!(k.user, ai);
     // The leader commits on carol (sender) + bob: 2 of 3.
-    a.send(Command::ChCommit { id: m, acks: vec![ci, bi] }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![ci, bi], ids: Vec::new() }).await.unwrap();
     for x in [&mut a, &mut b, &mut c] {
         let k = until(x, |ev| if let ServerEvent::ChMsgCommit(k) = ev { Some(k) } else { None }).await;
         assert_eq!((k.id, k.channel), (m, ch));
@@ -97,8 +97,8 @@ async fn happy_path_create_join_elect_message_ack_commit_pull() {
         assert_eq!(acks, want);
     }
     // A late ack and a repeated commit are accepted silently.
-    c.send(Command::AckChMsg { id: m }).await.unwrap();
-    a.send(Command::ChCommit { id: m, acks: vec![ci, bi] }).await.unwrap();
+    c.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![ci, bi], ids: Vec::new() }).await.unwrap();
     b.send(Command::ChPull { id: ch, anchor: None }).await.unwrap();
     let app = until(&mut b, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
     assert_eq!((app.id, app.anchor, app.more), (ch, None, false));
@@ -164,22 +164,22 @@ async fn refusals_name_taken_bad_election_already_voted_not_leader_bad_commit_du
     b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("again") }).await.unwrap();
     assert_eq!(code(&err_of(&mut b).await), ErrorCode::DuplicateMsg);
     // Only the leader commits.
-    b.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    b.send(Command::ChCommit { id: m, acks: vec![bi, ci], ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut b).await), ErrorCode::NotLeader);
     // carol never acked: an ack that never happened.
-    a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![bi, ci], ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
     // Only the sender's ack: a minority of 3 recipients.
-    a.send(Command::ChCommit { id: m, acks: vec![bi] }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![bi], ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
     // The same ack twice is still one ack.
-    a.send(Command::ChCommit { id: m, acks: vec![bi, bi] }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![bi, bi], ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut a).await), ErrorCode::BadCommit);
     // dave was not a recipient: his ack is refused, and it is not in the channel he is in.
-    d.send(Command::AckChMsg { id: m }).await.unwrap();
+    d.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut d).await), ErrorCode::UnknownMsg);
-    c.send(Command::AckChMsg { id: m }).await.unwrap();
-    a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+    c.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![bi, ci], ids: Vec::new() }).await.unwrap();
     until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
     // The committed id stays taken.
     b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("again") }).await.unwrap();
@@ -215,7 +215,7 @@ async fn leader_disconnect_makes_it_leaderless_and_a_new_election_works() {
     let m = Ulid::new();
     b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("pending") }).await.unwrap();
     until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
-    c.send(Command::AckChMsg { id: m }).await.unwrap();
+    c.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
     drop(a);
     let s = until(&mut b, |ev| status_of(ev).filter(|s| s.online == 2)).await;
     assert_eq!((s.leader, s.status.as_str(), s.election), (None, "unhealthy", 1));
@@ -227,7 +227,7 @@ async fn leader_disconnect_makes_it_leaderless_and_a_new_election_works() {
     let ci = c.credentials.id;
     let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
     assert_eq!((k.id, k.user, k.users.clone()), (m, ci, vec![ci]), "all recorded acks in one frame");
-    c.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, ci] }).await.unwrap();
+    c.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, ci], ids: Vec::new() }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
 }
 
@@ -244,8 +244,8 @@ async fn restart_keeps_channels_members_elections_and_history() {
         ids.push(m);
         b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text(format!("m{i}")) }).await.unwrap();
         until(&mut c, |ev| matches!(ev, ServerEvent::ChMsg(x) if x.msg_id == m).then_some(())).await;
-        c.send(Command::AckChMsg { id: m }).await.unwrap();
-        a.send(Command::ChCommit { id: m, acks: vec![bi, ci] }).await.unwrap();
+        c.send(Command::AckChMsg { id: m, ids: Vec::new() }).await.unwrap();
+        a.send(Command::ChCommit { id: m, acks: vec![bi, ci], ids: Vec::new() }).await.unwrap();
         until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
     }
     // Everyone disconnects; carol will pull from the second message on.
@@ -284,7 +284,7 @@ async fn pull_pages_fit_max_payload_and_page_size() {
         let m = Ulid::new();
         ids.push(m);
         a.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::binary(vec![i as u8; 300]) }).await.unwrap();
-        a.send(Command::ChCommit { id: m, acks: vec![ai] }).await.unwrap();
+        a.send(Command::ChCommit { id: m, acks: vec![ai], ids: Vec::new() }).await.unwrap();
         until(&mut a, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
     }
     let mut anchor = None;
@@ -313,8 +313,8 @@ async fn merges_confirmed_by_a_second_acker_or_left_unconfirmed() {
     let first = Ulid::new();
     a.send(Command::ChMsg { id: ch, msg_id: first, msg: Body::text("known") }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsg(_)).then_some(())).await;
-    b.send(Command::AckChMsg { id: first }).await.unwrap();
-    a.send(Command::ChCommit { id: first, acks: vec![ai, bi] }).await.unwrap();
+    b.send(Command::AckChMsg { id: first, ids: Vec::new() }).await.unwrap();
+    a.send(Command::ChCommit { id: first, acks: vec![ai, bi], ids: Vec::new() }).await.unwrap();
     until(&mut c, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == first).then_some(())).await;
 
     // bob has two messages the server lacks: one acked by carol too, one by bob alone.
@@ -328,14 +328,14 @@ async fn merges_confirmed_by_a_second_acker_or_left_unconfirmed() {
     let ask = until(&mut c, |ev| if let ServerEvent::ChMsgConfirm(x) = ev { Some(x) } else { None }).await;
     assert_eq!((ask.id, ask.message), (ch, confirmed));
     // Not yet in history; a confirmation from someone not in acks is refused.
-    a.send(Command::AckChMsg { id: confirmed }).await.unwrap();
+    a.send(Command::AckChMsg { id: confirmed, ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut a).await), ErrorCode::UnknownMsg);
     // The leader asks again (CH_ACK_REQ); carol gets a second CH_MSG_CONFIRM.
     a.send(Command::ChAckReq { id: confirmed, users: vec![ci, ai] }).await.unwrap();
     until(&mut c, |ev| matches!(ev, ServerEvent::ChMsgConfirm(x) if x.message == confirmed).then_some(())).await;
     b.send(Command::ChAckReq { id: confirmed, users: vec![ci] }).await.unwrap();
     assert_eq!(code(&err_of(&mut b).await), ErrorCode::NotLeader);
-    c.send(Command::AckChMsg { id: confirmed }).await.unwrap();
+    c.send(Command::AckChMsg { id: confirmed, ids: Vec::new() }).await.unwrap();
     // Announced to everyone as an append after the last message.
     for x in [&mut a, &mut b, &mut c] {
         let app = until(x, |ev| if let ServerEvent::ChAppend(x) = ev { Some(x) } else { None }).await;
@@ -361,7 +361,7 @@ async fn an_uncommitted_message_expires_with_not_committed() {
     b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("never committed") }).await.unwrap();
     let e = err_of(&mut b).await;
     assert_eq!((code(&e), e.msg_id, e.nonce_ref), (ErrorCode::NotCommitted, Some(m), None));
-    a.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, a.credentials.id] }).await.unwrap();
+    a.send(Command::ChCommit { id: m, acks: vec![b.credentials.id, a.credentials.id], ids: Vec::new() }).await.unwrap();
     assert_eq!(code(&err_of(&mut a).await), ErrorCode::UnknownMsg);
 }
 
@@ -389,7 +389,7 @@ async fn leaving_and_account_removal_update_members() {
     elect(ch, 2, &mut b, &mut []).await;
     let m = Ulid::new();
     b.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("alone") }).await.unwrap();
-    b.send(Command::ChCommit { id: m, acks: vec![bi] }).await.unwrap();
+    b.send(Command::ChCommit { id: m, acks: vec![bi], ids: Vec::new() }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == m).then_some(())).await;
 }
 
@@ -429,8 +429,64 @@ async fn a_msg_id_live_in_one_channel_cannot_be_taken_by_another() {
     m.send(Command::ChMerge { id: evil, msg: vec![fake] }).await.unwrap();
     assert_eq!(code(&err_of(&mut m).await), ErrorCode::DuplicateMsg);
     // bob's ack lands where it belongs, and the commit goes through.
-    b.send(Command::AckChMsg { id }).await.unwrap();
-    a.send(Command::ChCommit { id, acks: vec![ai, bi] }).await.unwrap();
+    b.send(Command::AckChMsg { id, ids: Vec::new() }).await.unwrap();
+    a.send(Command::ChCommit { id, acks: vec![ai, bi], ids: Vec::new() }).await.unwrap();
     until(&mut b, |ev| matches!(ev, ServerEvent::ChMsgCommit(k) if k.id == id && k.channel == good).then_some(()))
         .await;
+}
+
+#[tokio::test]
+async fn batched_acks_and_commits_reach_batching_sessions_as_one_frame_and_others_one_per_message() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
+    // alice (the leader) asks for batches; bob and carol do not.
+    let batch = sigil::client::ConnectOptions { batch: true, ..Default::default() };
+    let mut a = Client::connect_with(ts.addr, &ts.user("alice"), batch).await.unwrap();
+    let (mut b, mut c) = (ts.connect("bob").await, ts.connect("carol").await);
+    let (bi, ci) = (b.credentials.id, c.credentials.id);
+    a.send(Command::Info).await.unwrap();
+    let info = until(&mut a, |ev| if let ServerEvent::Sinfo(s) = ev { Some(s) } else { None }).await;
+    assert_eq!(info.features, vec!["batch".to_owned()]);
+    let ch = channel_with("batched", &mut a, &mut [&mut b, &mut c]).await;
+    elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
+    let ms: Vec<Ulid> = (0..3).map(|_| Ulid::new()).collect();
+    for &m in &ms {
+        c.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("x") }).await.unwrap();
+        until(&mut b, |ev| matches!(ev, ServerEvent::ChMsg(g) if g.msg_id == m).then_some(())).await;
+    }
+    // bob acks all three, and a made-up id, in one frame: one ERR naming the
+    // unknown id, the three acks recorded all the same.
+    let unknown = Ulid::new();
+    let nonce = b.send(Command::AckChMsg { id: ms[0], ids: vec![unknown, ms[1], ms[2]] }).await.unwrap();
+    let e = err_of(&mut b).await;
+    assert_eq!((e.code.as_str(), e.nonce_ref), ("unknown_msg", Some(nonce)));
+    assert!(e.reason.contains(&unknown.to_string()), "{}", e.reason);
+    // The batching leader hears of them in one frame, carol (sender) in one per message.
+    let k = until(&mut a, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
+    assert_eq!((k.id, k.user, k.ids.as_slice()), (ms[0], bi, &ms[1..]));
+    for &m in &ms {
+        let k = until(&mut c, |ev| if let ServerEvent::ChMsgAck(k) = ev { Some(k) } else { None }).await;
+        assert_eq!((k.id, k.user, k.ids.len()), (m, bi, 0));
+    }
+    // One CH_COMMIT for the three, with the same acks.
+    a.send(Command::ChCommit { id: ms[0], acks: vec![ci, bi], ids: ms[1..].to_vec() }).await.unwrap();
+    let k = until(&mut a, |ev| if let ServerEvent::ChMsgCommit(k) = ev { Some(k) } else { None }).await;
+    let mut all = vec![k.id];
+    all.extend(&k.ids);
+    // The commits may be made durable in more than one store batch.
+    while all.len() < ms.len() {
+        let k = until(&mut a, |ev| if let ServerEvent::ChMsgCommit(k) = ev { Some(k) } else { None }).await;
+        all.push(k.id);
+        all.extend(&k.ids);
+    }
+    assert_eq!(all, ms, "in commit order");
+    for x in [&mut b, &mut c] {
+        for &m in &ms {
+            let k = until(x, |ev| if let ServerEvent::ChMsgCommit(k) = ev { Some(k) } else { None }).await;
+            assert_eq!((k.id, k.ids.len()), (m, 0));
+        }
+    }
+    // A commit batch is checked id by id: committed ones are accepted, unknown ones refused.
+    let nonce = a.send(Command::ChCommit { id: ms[0], acks: vec![ci, bi], ids: vec![unknown] }).await.unwrap();
+    let e = err_of(&mut a).await;
+    assert_eq!((e.code.as_str(), e.nonce_ref), ("unknown_msg", Some(nonce)));
 }

@@ -60,11 +60,13 @@ fn member(mut c: Client, leader: bool, seen: Seen) -> tokio::task::JoinHandle<()
             let reply = match ev {
                 ServerEvent::ChMsg(m) => {
                     senders.insert(m.msg_id, m.from);
-                    (m.from != me).then_some(Command::AckChMsg { id: m.msg_id })
+                    (m.from != me).then_some(Command::AckChMsg { id: m.msg_id, ids: Vec::new() })
                 }
-                ServerEvent::ChMsgAck(a) if leader => {
-                    senders.get(&a.id).map(|from| Command::ChCommit { id: a.id, acks: vec![*from, a.user] })
-                }
+                ServerEvent::ChMsgAck(a) if leader => senders.get(&a.id).map(|from| Command::ChCommit {
+                    id: a.id,
+                    acks: vec![*from, a.user],
+                    ids: Vec::new(),
+                }),
                 ServerEvent::ChMsgCommit(k) => {
                     seen.lock().unwrap().push(k.id);
                     None

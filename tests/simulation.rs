@@ -246,16 +246,27 @@ impl Sim {
             }
             ServerEvent::ChMsg(m) => self.received_msgs.entry(user).or_default().push(m.msg_id),
             ServerEvent::ChMsgAck(a) => {
-                self.acks_seen_by.entry(user).or_default().entry(a.id).or_default().insert(a.user);
+                if !a.ids.is_empty() && !self.batch_of(user) {
+                    self.fail(format!("{user} did not ask for batches but got {a:?}"));
+                }
+                for id in std::iter::once(a.id).chain(a.ids) {
+                    self.acks_seen_by.entry(user).or_default().entry(id).or_default().insert(a.user);
+                }
             }
             ServerEvent::ChMsgCommit(c) => {
-                *self.commit_received.entry((c.id, user)).or_default() += 1;
-                if self.commit_received[&(c.id, user)] > 1 {
-                    self.fail(format!("{user} received CH_MSG_COMMIT {} twice", c.id));
+                if !c.ids.is_empty() && !self.batch_of(user) {
+                    self.fail(format!("{user} did not ask for batches but got {c:?}"));
                 }
-                commit_recipients.entry(c.id).or_default().insert(user);
-                if !self.announced.contains(&c.id) {
-                    self.announced.push(c.id);
+                // A batch lists consecutive commits in commit order.
+                for id in std::iter::once(c.id).chain(c.ids) {
+                    *self.commit_received.entry((id, user)).or_default() += 1;
+                    if self.commit_received[&(id, user)] > 1 {
+                        self.fail(format!("{user} received CH_MSG_COMMIT {id} twice"));
+                    }
+                    commit_recipients.entry(id).or_default().insert(user);
+                    if !self.announced.contains(&id) {
+                        self.announced.push(id);
+                    }
                 }
             }
             ServerEvent::ChAppend(a) if !a.more && a.messages.len() == 1 => {
@@ -287,6 +298,11 @@ impl Sim {
         accepted
     }
 
+    /// Every other user's sessions take batched frames (PROTOCOL.md §7.9).
+    fn batch_of(&self, user: Ulid) -> bool {
+        self.users.iter().position(|u| *u == user).is_some_and(|i| i % 2 == 0)
+    }
+
     fn connect(&mut self, user: Ulid) {
         if self.conn_of.contains_key(&user) {
             return;
@@ -297,7 +313,7 @@ impl Sim {
         self.conn_of.insert(user, conn);
         self.user_of.insert(conn, user);
         let envelope = Envelope { nonce: self.rng.gen(), timestamp: self.now };
-        self.step_input(Input::Open { conn, account: user, key_rev: 1, envelope });
+        self.step_input(Input::Open { conn, account: user, key_rev: 1, envelope, batch: self.batch_of(user) });
     }
 
     fn disconnect(&mut self, user: Ulid) {
@@ -528,14 +544,26 @@ impl Sim {
                         None => return,
                     },
                 };
-                if self.send(u, Command::AckChMsg { id }) {
-                    if let Some(r) = self.msgs.get_mut(&id) {
-                        if r.merge.is_none() && r.recipients.contains(&u) {
-                            r.real_acks.insert(u);
-                        }
+                // Now and then several in one frame (batching, §7.9).
+                let more: Vec<Ulid> = match self.rng.gen_bool(0.3) {
+                    true => {
+                        let n = self.rng.gen_range(1..=3);
+                        got.choose_multiple(&mut self.rng, n).copied().filter(|m| *m != id).collect()
                     }
-                    if self.msgs.get(&id).is_some_and(|r| r.merge.is_some()) {
-                        self.step_confirmations.push((u, id));
+                    false => Vec::new(),
+                };
+                let accepted = self.send(u, Command::AckChMsg { id, ids: more.clone() });
+                // In a batch every id is tried, whatever happens to the others.
+                if accepted || !more.is_empty() {
+                    for id in std::iter::once(id).chain(more) {
+                        if let Some(r) = self.msgs.get_mut(&id) {
+                            if r.merge.is_none() && r.recipients.contains(&u) {
+                                r.real_acks.insert(u);
+                            }
+                        }
+                        if self.msgs.get(&id).is_some_and(|r| r.merge.is_some()) {
+                            self.step_confirmations.push((u, id));
+                        }
                     }
                 }
             }
@@ -560,7 +588,12 @@ impl Sim {
                     let n = self.rng.gen_range(0..=self.users.len());
                     self.users.choose_multiple(&mut self.rng, n).copied().collect()
                 };
-                self.send(by, Command::ChCommit { id, acks });
+                // Now and then more messages with the same acks (batching, §7.9).
+                let ids = match self.rng.gen_bool(0.3) {
+                    true => candidates.choose_multiple(&mut self.rng, 2).copied().filter(|m| *m != id).collect(),
+                    false => Vec::new(),
+                };
+                self.send(by, Command::ChCommit { id, acks, ids });
             }
             78..=81 => {
                 // A member merges made-up history, claiming random acks.
@@ -585,7 +618,7 @@ impl Sim {
                 let asked: Vec<(Ulid, Ulid)> =
                     self.confirm_asks.iter().flat_map(|(u, ms)| ms.iter().map(move |m| (*u, *m))).collect();
                 let Some((u, id)) = self.pick(&asked) else { return };
-                if self.send(u, Command::AckChMsg { id }) {
+                if self.send(u, Command::AckChMsg { id, ids: Vec::new() }) {
                     self.step_confirmations.push((u, id));
                 }
             }

@@ -80,6 +80,8 @@ pub struct FanoutParams {
     pub duration: Duration,
     /// How long to wait afterwards for the last deliveries.
     pub drain: Duration,
+    /// sigil: batch acks and commits (PROTOCOL.md §7.9), as the reference client does.
+    pub batch: bool,
 }
 
 /// What a message scenario measured.
@@ -154,6 +156,9 @@ pub struct BenchArgs {
     /// Idle: sessions to hold (comma-separated for several runs).
     #[arg(long, value_delimiter = ',', default_value = "5000")]
     pub idle: Vec<u64>,
+    /// sigil: one ACK_CH_MSG and CH_COMMIT per message, without the batching extension.
+    #[arg(long)]
+    pub no_batch: bool,
     /// Put servers on CPU 0 and the generator on CPU 1 (`taskset`).
     #[arg(long)]
     pub pin: bool,
@@ -256,6 +261,7 @@ fn run_in(
         },
         duration: Duration::from_secs(args.secs),
         drain: Duration::from_secs(args.drain_secs),
+        batch: !args.no_batch,
     };
     let mut rows = Vec::new();
     let cpu = args.pin.then_some(0);

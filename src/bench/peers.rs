@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{write_message, Clock, Progress, Recorder};
+use super::stats::{write_message, Clock, Errors, Progress, Recorder};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
 
 /// The subject, channel or IRC channel every scenario uses.
@@ -283,7 +283,7 @@ pub async fn fanout(
     let publish_end = CancellationToken::new();
     let windows: Arc<Vec<Semaphore>> = Arc::new((0..publishers.len()).map(|_| Semaphore::new(params.window)).collect());
     let sent = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
     let mut subs = Vec::new();
     for (i, mut conn) in subscribers.into_iter().enumerate() {
         let (stop, windows, progress, errors) = (stop.clone(), windows.clone(), progress.clone(), errors.clone());
@@ -315,11 +315,7 @@ pub async fn fanout(
                             }
                         }
                         Event::Ping(pong) => pongs.extend_from_slice(&pong),
-                        Event::Error(e) => {
-                            if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                                eprintln!("\nbench: {}: {e}", protocol.name());
-                            }
-                        }
+                        Event::Error(e) => errors.record(format!("{}: {e}", protocol.name())),
                         _ => {}
                     }
                     conn.buf.advance(used);
@@ -430,7 +426,7 @@ pub async fn fanout(
         sent,
         lost: expected.saturating_sub(rec.unique),
         duplicated: rec.duplicated,
-        errors: errors.load(Ordering::Relaxed),
+        errors: errors.count(),
         elapsed: Duration::from_nanos(elapsed_ns),
         publish_time: Duration::from_nanos(published_ns),
         delivery: rec.delivery,

@@ -2,7 +2,7 @@
 //! channel fan-out with acks and commits as the protocol requires, private
 //! messages with acks, connect + CNN, and idle sessions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,9 +13,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::stats::{write_message, Clock, Progress, Recorder};
+use super::stats::{write_message, Clock, Errors, Progress, Recorder};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
-use crate::client::{Client, ClientReader, ClientWriter, Credentials};
+use crate::client::agent::{group_commits, MAX_IDS_PER_FRAME};
+use crate::client::{Client, ClientReader, ClientWriter, ConnectOptions, Credentials};
 use crate::proto::{Body, Command, ServerEvent};
 
 /// Connections opened at once while setting up.
@@ -30,9 +31,10 @@ fn setup_err(what: impl std::fmt::Display) -> BenchError {
 }
 
 /// Connects and authenticates every account, `CONNECT_CONCURRENCY` at a time.
-pub async fn connect_all(addr: SocketAddr, creds: &[Credentials]) -> Result<Vec<Client>, BenchError> {
+pub async fn connect_all(addr: SocketAddr, creds: &[Credentials], batch: bool) -> Result<Vec<Client>, BenchError> {
+    let options = ConnectOptions { batch, ..ConnectOptions::default() };
     let clients: Vec<Result<Client, _>> = futures_util::stream::iter(creds.iter().cloned())
-        .map(|cred| async move { Client::connect(addr, &cred).await })
+        .map(|cred| async move { Client::connect_with(addr, &cred, options).await })
         .buffered(CONNECT_CONCURRENCY)
         .collect()
         .await;
@@ -70,7 +72,7 @@ struct Run {
     /// Messages sent.
     sent: AtomicU64,
     /// `ERR` frames received.
-    errors: AtomicU64,
+    errors: Errors,
     /// Publishing stops.
     publish_end: CancellationToken,
     /// Everything stops.
@@ -80,7 +82,7 @@ struct Run {
 /// A message the leader tracks until it commits it.
 struct Pending {
     recipients: u64,
-    acks: Vec<Ulid>,
+    acks: BTreeSet<Ulid>,
 }
 
 /// One member connection's task.
@@ -101,6 +103,8 @@ struct Member {
     /// Leader only: messages awaiting a majority.
     pending: HashMap<Ulid, Pending>,
     to_ack: Vec<Ulid>,
+    /// Leader only: messages with a majority, to commit at the next flush.
+    ready: Vec<Ulid>,
     body: Vec<u8>,
 }
 
@@ -115,25 +119,26 @@ impl Member {
                     self.to_ack.push(m.msg_id);
                 }
                 if self.leader {
-                    self.pending.insert(m.msg_id, Pending { recipients: m.recipients, acks: vec![m.from] });
+                    let acks = BTreeSet::from([m.from, self.me]);
+                    self.pending.insert(m.msg_id, Pending { recipients: m.recipients, acks });
                     self.try_commit(m.msg_id);
                 }
             }
             ServerEvent::ChMsgAck(a) if self.leader => {
-                if let Some(p) = self.pending.get_mut(&a.id) {
-                    for user in std::iter::once(a.user).chain(a.users) {
-                        if !p.acks.contains(&user) {
-                            p.acks.push(user);
-                        }
+                for id in std::iter::once(a.id).chain(a.ids) {
+                    if let Some(p) = self.pending.get_mut(&id) {
+                        p.acks.insert(a.user);
+                        self.try_commit(id);
                     }
-                    self.try_commit(a.id);
                 }
             }
             ServerEvent::ChMsgCommit(c) => {
-                if let Some(sent) = self.own.remove(&c.id) {
-                    self.rec.completed(sent, now);
-                    self.run.progress.complete();
-                    self.run.inflight.fetch_sub(1, Ordering::AcqRel);
+                for id in std::iter::once(c.id).chain(c.ids) {
+                    if let Some(sent) = self.own.remove(&id) {
+                        self.rec.completed(sent, now);
+                        self.run.progress.complete();
+                        self.run.inflight.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             }
             ServerEvent::ChVote(v) if v.user != self.me => {
@@ -147,28 +152,51 @@ impl Member {
                 *online = s.online;
                 let _ = go.send(*elected && *online >= self.params.members as u64);
             }
-            ServerEvent::Err(e) => {
-                if self.run.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("\nbench: member got ERR {} ({})", e.code, e.reason);
-                }
-            }
+            ServerEvent::Err(e) => self.run.errors.record(format!("member got ERR {} ({})", e.code, e.reason)),
             _ => {}
         }
     }
 
-    /// Leader: commits a message once a strict majority of its recipients acked.
+    /// Leader: a message is ready once a strict majority of its recipients acked.
     fn try_commit(&mut self, id: Ulid) {
         let Some(p) = self.pending.get(&id) else { return };
-        if (p.acks.len() as u64) * 2 > p.recipients {
-            if let Some(p) = self.pending.remove(&id) {
-                self.writer.queue(Command::ChCommit { id, acks: p.acks });
-            }
+        if (p.acks.len() as u64) * 2 > p.recipients && !self.ready.contains(&id) {
+            self.ready.push(id);
         }
     }
 
-    fn queue_acks(&mut self) {
-        for id in self.to_ack.drain(..) {
-            self.writer.queue(Command::AckChMsg { id });
+    /// Queues the acks and commits gathered since the last flush, batched
+    /// as the reference client does (PROTOCOL.md §7.9) unless told not to.
+    fn queue_acks_and_commits(&mut self) {
+        if self.params.batch {
+            for chunk in self.to_ack.chunks(MAX_IDS_PER_FRAME) {
+                self.writer.queue(Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() });
+            }
+        } else {
+            for &id in &self.to_ack {
+                self.writer.queue(Command::AckChMsg { id, ids: Vec::new() });
+            }
+        }
+        self.to_ack.clear();
+        let ready: Vec<(Ulid, usize, BTreeSet<Ulid>)> = self
+            .ready
+            .drain(..)
+            .filter_map(|id| self.pending.remove(&id).map(|p| (id, p.recipients as usize / 2 + 1, p.acks)))
+            .collect();
+        if self.params.batch {
+            for (ids, acks) in group_commits(&ready) {
+                for chunk in ids.chunks(MAX_IDS_PER_FRAME) {
+                    self.writer.queue(Command::ChCommit { id: chunk[0], acks: acks.clone(), ids: chunk[1..].to_vec() });
+                }
+            }
+        } else {
+            for (id, need, acks) in ready {
+                self.writer.queue(Command::ChCommit {
+                    id,
+                    acks: acks.into_iter().take(need).collect(),
+                    ids: Vec::new(),
+                });
+            }
         }
     }
 
@@ -217,7 +245,7 @@ impl Member {
                 let started = *started_ns.get_or_insert_with(|| self.run.clock.now_ns());
                 self.publish(started);
             }
-            self.queue_acks();
+            self.queue_acks_and_commits();
             if self.writer.flush().await.is_err() {
                 break;
             }
@@ -251,7 +279,7 @@ pub async fn fanout(
     params: &FanoutParams,
     progress: Arc<Progress>,
 ) -> Result<Measured, BenchError> {
-    let mut clients = connect_all(addr, &creds[..params.members]).await?;
+    let mut clients = connect_all(addr, &creds[..params.members], params.batch).await?;
     let name = format!("bench-{}", Ulid::new());
     let leader = &mut clients[0];
     leader.send(Command::ChNew { name: name.clone() }).await.map_err(setup_err)?;
@@ -279,7 +307,7 @@ pub async fn fanout(
         progress,
         inflight: AtomicI64::new(0),
         sent: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
+        errors: Errors::default(),
         publish_end: CancellationToken::new(),
         stop: CancellationToken::new(),
     });
@@ -305,6 +333,7 @@ pub async fn fanout(
             seq: 0,
             pending: HashMap::new(),
             to_ack: Vec::new(),
+            ready: Vec::new(),
             body: Vec::with_capacity(params.size),
         };
         tasks.push(tokio::spawn(member.run(go_tx.clone(), go_rx.clone())));
@@ -341,7 +370,7 @@ pub async fn fanout(
         sent,
         lost: expected.saturating_sub(rec.unique) + sent.saturating_sub(committed),
         duplicated: rec.duplicated,
-        errors: run.errors.load(Ordering::Relaxed),
+        errors: run.errors.count(),
         elapsed: Duration::from_nanos(elapsed_ns.max(published_ns)),
         publish_time: Duration::from_nanos(published_ns),
         delivery: rec.delivery,
@@ -358,12 +387,12 @@ pub async fn private(
     params: &FanoutParams,
     progress: Arc<Progress>,
 ) -> Result<Measured, BenchError> {
-    let clients = connect_all(addr, &creds[..pairs * 2]).await?;
+    let clients = connect_all(addr, &creds[..pairs * 2], false).await?;
     let ids: Vec<Ulid> = clients.iter().map(|c| c.credentials.id).collect();
     let clock = Clock::start();
     let publish_end = CancellationToken::new();
     let sent = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         let partner = ids[i ^ 1];
@@ -421,11 +450,7 @@ pub async fn private(
                                 progress.complete();
                             }
                         }
-                        ServerEvent::Err(e) => {
-                            if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                                eprintln!("\nbench: private got ERR {} ({})", e.code, e.reason);
-                            }
-                        }
+                        ServerEvent::Err(e) => errors.record(format!("private got ERR {} ({})", e.code, e.reason)),
                         _ => {}
                     }
                     handled += 1;
@@ -456,7 +481,7 @@ pub async fn private(
         sent,
         lost: sent.saturating_sub(rec.unique) + sent.saturating_sub(acked),
         duplicated: rec.duplicated,
-        errors: errors.load(Ordering::Relaxed),
+        errors: errors.count(),
         elapsed: Duration::from_nanos(elapsed_ns),
         publish_time: Duration::from_nanos(published_ns),
         delivery: rec.delivery,

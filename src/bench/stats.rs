@@ -80,6 +80,27 @@ impl Progress {
     }
 }
 
+/// Errors a run received: counted, and the first few printed.
+#[derive(Debug, Default)]
+pub struct Errors(AtomicU64);
+
+impl Errors {
+    /// How many are printed.
+    const SHOWN: u64 = 5;
+
+    /// Counts one; prints it if it is among the first few.
+    pub fn record(&self, what: impl std::fmt::Display) {
+        if self.0.fetch_add(1, Ordering::Relaxed) < Self::SHOWN {
+            eprintln!("\nbench: {what}");
+        }
+    }
+
+    /// How many were recorded.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 1 hour at 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use ulid::Ulid;
 
 use crate::core::quorum::is_majority;
+use crate::proto::event::FEATURE_BATCH;
 use crate::proto::{Command, ServerEvent};
 
 /// Delay before standing for election in a leaderless channel (ms, random in range).
@@ -56,6 +57,32 @@ struct PendingView {
     committing: Option<u64>,
 }
 
+/// Message ids per batched frame: 27 bytes each, well within the default `max_payload`.
+pub const MAX_IDS_PER_FRAME: usize = 1024;
+
+/// Groups messages ready to commit, in order, into as few `CH_COMMIT`s as
+/// possible: each input is `(msg_id, acks needed, acks recorded)`, each output
+/// `(msg_ids, acks)` where `acks` were recorded for every one of its messages
+/// and number the most any of them needs. Consecutive messages share a group
+/// while the acks common to all of them are still enough.
+pub fn group_commits(ready: &[(Ulid, usize, BTreeSet<Ulid>)]) -> Vec<(Vec<Ulid>, Vec<Ulid>)> {
+    let mut groups: Vec<(Vec<Ulid>, usize, BTreeSet<Ulid>)> = Vec::new();
+    for (id, need, acks) in ready {
+        if let Some((ids, group_need, common)) = groups.last_mut() {
+            let shared: BTreeSet<Ulid> = common.intersection(acks).copied().collect();
+            let needed = (*group_need).max(*need);
+            if shared.len() >= needed {
+                ids.push(*id);
+                (*group_need, *common) = (needed, shared);
+                continue;
+            }
+        }
+        groups.push((vec![*id], *need, acks.clone()));
+    }
+    // The fewest acks that make every message's majority: the frames stay small.
+    groups.into_iter().map(|(ids, need, common)| (ids, common.into_iter().take(need.max(1)).collect())).collect()
+}
+
 /// A refused or unanswered commit is tried again after this long (ms).
 pub const COMMIT_RETRY_MS: u64 = 500;
 
@@ -65,12 +92,14 @@ pub struct Agent {
     me: Ulid,
     rng: StdRng,
     channels: BTreeMap<Ulid, ChannelView>,
+    /// The server's SINFO named the `batch` feature (PROTOCOL.md §7.9).
+    batching: bool,
 }
 
 impl Agent {
     /// An agent for account `me`; `seed` makes its random delays reproducible.
     pub fn new(me: Ulid, seed: u64) -> Self {
-        Self { me, rng: StdRng::seed_from_u64(seed), channels: BTreeMap::new() }
+        Self { me, rng: StdRng::seed_from_u64(seed), channels: BTreeMap::new(), batching: false }
     }
 
     /// The channels this client is in.
@@ -98,6 +127,7 @@ impl Agent {
         let mut out = Vec::new();
         match event {
             ServerEvent::Msg(m) => out.push(Command::AckMsg { from: m.from, msg_id: m.msg_id }),
+            ServerEvent::Sinfo(s) => self.batching = s.features.iter().any(|f| f == FEATURE_BATCH),
             ServerEvent::ChStatus(s) => {
                 let delay = self.rng.gen_range(LEAD_DELAY_MS);
                 let c = self.channels.entry(s.id).or_default();
@@ -150,7 +180,7 @@ impl Agent {
                 let c = self.channels.entry(m.id).or_default();
                 let mut acks = BTreeSet::from([m.from]);
                 if m.from != me {
-                    out.push(Command::AckChMsg { id: m.msg_id });
+                    out.push(Command::AckChMsg { id: m.msg_id, ids: Vec::new() });
                     acks.insert(me);
                 }
                 let of = if m.recipients > 0 { m.recipients } else { c.online.max(1) };
@@ -158,20 +188,28 @@ impl Agent {
                 self.try_commit(m.id, m.msg_id, now_ms, &mut out);
             }
             ServerEvent::ChMsgAck(a) => {
-                let found = self.channels.iter_mut().find(|(_, c)| c.pending.contains_key(&a.id));
-                if let Some((&channel, c)) = found {
-                    if let Some(p) = c.pending.get_mut(&a.id) {
-                        p.acks.insert(a.user);
-                        p.acks.extend(a.users.iter().copied());
+                // `ids`: the same user's acks of further messages (batching, §7.9).
+                for id in std::iter::once(&a.id).chain(&a.ids) {
+                    let found = self.channels.iter_mut().find(|(_, c)| c.pending.contains_key(id));
+                    if let Some((&channel, c)) = found {
+                        if let Some(p) = c.pending.get_mut(id) {
+                            p.acks.insert(a.user);
+                            if *id == a.id {
+                                p.acks.extend(a.users.iter().copied());
+                            }
+                        }
+                        self.try_commit(channel, *id, now_ms, &mut out);
                     }
-                    self.try_commit(channel, a.id, now_ms, &mut out);
                 }
             }
             ServerEvent::ChMsgCommit(m) => {
                 let c = self.channels.entry(m.channel).or_default();
-                c.pending.remove(&m.id);
-                c.committed.insert(m.id);
-                c.last_committed = Some(m.id);
+                // `ids`: further commits, in commit order (batching, §7.9).
+                for id in std::iter::once(&m.id).chain(&m.ids) {
+                    c.pending.remove(id);
+                    c.committed.insert(*id);
+                    c.last_committed = Some(*id);
+                }
             }
             ServerEvent::ChAppend(a) => {
                 let c = self.channels.entry(a.id).or_default();
@@ -189,7 +227,7 @@ impl Agent {
             ServerEvent::ChMsgConfirm(m)
                 if self.channels.get(&m.id).is_some_and(|c| c.committed.contains(&m.message)) =>
             {
-                out.push(Command::AckChMsg { id: m.message });
+                out.push(Command::AckChMsg { id: m.message, ids: Vec::new() });
             }
             ServerEvent::Err(e) if e.code == "bad_commit" => {
                 // Which commit failed is not said: retry them all, on the next ack or tick.
@@ -222,8 +260,58 @@ impl Agent {
         let due = p.committing.is_none_or(|at| now_ms >= at + COMMIT_RETRY_MS);
         if due && is_majority(p.acks.len(), p.of as usize) {
             p.committing = Some(now_ms);
-            out.push(Command::ChCommit { id: msg_id, acks: p.acks.iter().copied().collect() });
+            out.push(Command::ChCommit { id: msg_id, acks: p.acks.iter().copied().collect(), ids: Vec::new() });
         }
+    }
+
+    /// Batches commands the driver is about to send together (PROTOCOL.md
+    /// §7.9), once the server's `SINFO` named the `batch` feature: every
+    /// `ACK_CH_MSG` becomes one, and commits become as few `CH_COMMIT`s as
+    /// [`group_commits`] allows. Other commands keep their order; a batch
+    /// takes the place of its first command.
+    pub fn coalesce(&self, commands: Vec<Command>) -> Vec<Command> {
+        if !self.batching {
+            return commands;
+        }
+        let mut out = Vec::with_capacity(commands.len());
+        let mut acks: Vec<Ulid> = Vec::new();
+        let mut commits: Vec<(Ulid, usize, BTreeSet<Ulid>)> = Vec::new();
+        let (mut ack_at, mut commit_at) = (None, None);
+        for command in commands {
+            match command {
+                Command::AckChMsg { id, ids } => {
+                    ack_at.get_or_insert(out.len());
+                    acks.push(id);
+                    acks.extend(ids);
+                }
+                Command::ChCommit { id, acks: by, ids } if ids.is_empty() => {
+                    let of = self.channels.values().find_map(|c| c.pending.get(&id)).map_or(0, |p| p.of as usize);
+                    commit_at.get_or_insert(out.len());
+                    commits.push((id, of / 2 + 1, by.into_iter().collect()));
+                }
+                other => out.push(other),
+            }
+        }
+        let mut batches: Vec<(usize, Command)> = Vec::new();
+        if let Some(at) = ack_at {
+            for chunk in acks.chunks(MAX_IDS_PER_FRAME) {
+                batches.push((at, Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() }));
+            }
+        }
+        if let Some(at) = commit_at {
+            for (ids, acks) in group_commits(&commits) {
+                for chunk in ids.chunks(MAX_IDS_PER_FRAME) {
+                    let command = Command::ChCommit { id: chunk[0], acks: acks.clone(), ids: chunk[1..].to_vec() };
+                    batches.push((at, command));
+                }
+            }
+        }
+        // Inserted back to front, so earlier positions stay right.
+        batches.sort_by_key(|(at, _)| *at);
+        for (at, command) in batches.into_iter().rev() {
+            out.insert(at, command);
+        }
+        out
     }
 
     /// Time passed: stand for election where it is due; retry commits.
@@ -256,7 +344,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::event::{ChElected, ChMsg, ChMsgAck, ChStatus, ChVoteRequest};
+    use crate::proto::event::{ChElected, ChMsg, ChMsgAck, ChMsgCommit, ChStatus, ChVoteRequest};
     use crate::proto::Body;
 
     fn status(id: Ulid, leader: Option<Ulid>, online: u64) -> ServerEvent {
@@ -301,9 +389,62 @@ mod tests {
         let m = Ulid::from(50u128);
         let msg =
             ServerEvent::ChMsg(ChMsg { id: ch, msg_id: m, msg: Body::text("x"), from: b, timestamp: 0, recipients: 4 });
-        assert_eq!(a.on_event(&msg, 0), vec![Command::AckChMsg { id: m }], "2 of 4 is no majority");
-        let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m, user: c, users: Vec::new() });
-        assert_eq!(a.on_event(&ack, 0), vec![Command::ChCommit { id: m, acks: vec![me, b, c] }]);
+        assert_eq!(a.on_event(&msg, 0), vec![Command::AckChMsg { id: m, ids: Vec::new() }], "2 of 4 is no majority");
+        let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m, user: c, users: Vec::new(), ids: Vec::new() });
+        assert_eq!(a.on_event(&ack, 0), vec![Command::ChCommit { id: m, acks: vec![me, b, c], ids: Vec::new() }]);
         assert!(a.on_event(&ack, 0).is_empty(), "commits once");
+    }
+
+    #[test]
+    fn batched_acks_and_commits_are_read_and_written() {
+        let (me, b, c, ch) = (Ulid::from(1u128), Ulid::from(2u128), Ulid::from(3u128), Ulid::from(100u128));
+        let mut a = Agent::new(me, 7);
+        a.on_event(&status(ch, Some(me), 4), 0);
+        a.on_event(&ServerEvent::ChElected(ChElected { channel: ch, election: 1, leader: me }), 0);
+        let sinfo = crate::core::Limits::default().sinfo();
+        a.on_event(&ServerEvent::Sinfo(sinfo.clone()), 0);
+        let (m1, m2) = (Ulid::from(50u128), Ulid::from(51u128));
+        let mut sent = Vec::new();
+        for m in [m1, m2] {
+            let msg = ServerEvent::ChMsg(ChMsg {
+                id: ch,
+                msg_id: m,
+                msg: Body::text("x"),
+                from: b,
+                timestamp: 0,
+                recipients: 4,
+            });
+            sent.extend(a.on_event(&msg, 0));
+        }
+        // One ack of both messages from c, in the batched form.
+        let ack = ServerEvent::ChMsgAck(ChMsgAck { id: m1, user: c, users: Vec::new(), ids: vec![m2] });
+        sent.extend(a.on_event(&ack, 0));
+        assert_eq!(
+            a.coalesce(sent),
+            vec![
+                Command::AckChMsg { id: m1, ids: vec![m2] },
+                Command::ChCommit { id: m1, acks: vec![me, b, c], ids: vec![m2] },
+            ]
+        );
+        let commit = ServerEvent::ChMsgCommit(ChMsgCommit { id: m1, channel: ch, acks: vec![me, b, c], ids: vec![m2] });
+        a.on_event(&commit, 0);
+        assert_eq!(a.channels()[&ch].last_committed, Some(m2));
+        assert!(a.tick(10_000).is_empty(), "both are committed: nothing to retry");
+        // A server without the feature gets one command per message.
+        a.on_event(&ServerEvent::Sinfo(crate::proto::event::Sinfo { features: Vec::new(), ..sinfo }), 0);
+        let plain = vec![Command::AckChMsg { id: m1, ids: Vec::new() }, Command::AckChMsg { id: m2, ids: Vec::new() }];
+        assert_eq!(a.coalesce(plain.clone()), plain);
+    }
+
+    #[test]
+    fn commits_are_grouped_while_their_common_acks_suffice() {
+        let u: Vec<Ulid> = (1..=6u128).map(Ulid::from).collect();
+        let set = |ix: &[usize]| ix.iter().map(|&i| u[i]).collect::<BTreeSet<Ulid>>();
+        let (m1, m2, m3) = (Ulid::from(50u128), Ulid::from(51u128), Ulid::from(52u128));
+        let ready = vec![(m1, 3, set(&[0, 1, 2, 3])), (m2, 3, set(&[0, 1, 2, 4])), (m3, 3, set(&[3, 4, 5]))];
+        assert_eq!(
+            group_commits(&ready),
+            vec![(vec![m1, m2], vec![u[0], u[1], u[2]]), (vec![m3], vec![u[3], u[4], u[5]])]
+        );
     }
 }

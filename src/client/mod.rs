@@ -138,6 +138,22 @@ impl ClientWriter {
     }
 }
 
+/// How [`Client::connect_with`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// The server's `max_payload` (PROTOCOL.md §1.3): the largest frame accepted from it.
+    pub max_payload: usize,
+    /// Ask for the batched forms of `CH_MSG_ACK` and `CH_MSG_COMMIT`
+    /// (PROTOCOL.md §7.9); the client must then read their `ids`.
+    pub batch: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { max_payload: crate::wire::codec::DEFAULT_MAX_PAYLOAD, batch: false }
+    }
+}
+
 /// An authenticated connection.
 pub struct Client {
     /// Receiving half.
@@ -160,6 +176,16 @@ impl Client {
         credentials: &Credentials,
         max_payload: usize,
     ) -> Result<Client, ClientError> {
+        Self::connect_with(addr, credentials, ConnectOptions { max_payload, ..ConnectOptions::default() }).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        credentials: &Credentials,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let ConnectOptions { max_payload, batch } = options;
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
@@ -172,7 +198,7 @@ impl Client {
             verify: true,
         };
         let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
-        writer.send(Command::Cnn { id: credentials.id }).await?;
+        writer.send(Command::Cnn { id: credentials.id, batch }).await?;
         match reader.recv().await? {
             Some(ServerEvent::Ucnn(me)) if me.id == credentials.id => {}
             Some(ServerEvent::Err(e)) => return Err(ClientError::Refused(e)),

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use ulid::Ulid;
 
 use super::agent::Agent;
-use super::{Client, ClientError, Credentials};
+use super::{Client, ClientError, ConnectOptions, Credentials};
 use crate::proto::{Body, Command, ServerEvent};
 
 /// The client's picture of the server, and what to show.
@@ -178,14 +178,16 @@ impl View {
             ServerEvent::ChMsg(m) => {
                 show(format!("{} <{}> {}", self.channel_name(&m.id), self.name(&m.from), m.msg.to_display()))
             }
-            ServerEvent::ChMsgAck(a) if self.mine.contains(&a.id) => {
+            ServerEvent::ChMsgAck(a) if std::iter::once(&a.id).chain(&a.ids).any(|id| self.mine.contains(id)) => {
                 show(format!("· {} has your message", self.name(&a.user)))
             }
             ServerEvent::ChMsgAck(_) => {}
             ServerEvent::ChMsgCommit(c) => {
                 // Shown for our own messages: the moment they are safe.
-                if self.mine.remove(&c.id) {
-                    show(format!("✓ committed in {} ({} acks)", self.channel_name(&c.channel), c.acks.len()));
+                for id in std::iter::once(&c.id).chain(&c.ids) {
+                    if self.mine.remove(id) {
+                        show(format!("✓ committed in {} ({} acks)", self.channel_name(&c.channel), c.acks.len()));
+                    }
                 }
             }
             ServerEvent::ChAppend(a) => {
@@ -299,7 +301,8 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
     let started = Instant::now();
     let mut view = View::new(cred.id, &cred.name, rand::random());
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut client = Client::connect(addr, cred).await?;
+    let mut client =
+        Client::connect_with(addr, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await?;
     println!("[{}] signed in as {} — {HELP}", local_time(), cred.name);
     loop {
         match session(client, &mut view, &mut stdin, started).await? {
@@ -315,7 +318,7 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
         client = loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             attempt += 1;
-            match Client::connect(addr, cred).await {
+            match Client::connect_with(addr, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await {
                 Ok(c) => break c,
                 Err(e) if attempt >= RECONNECT_ATTEMPTS => return Err(e),
                 Err(_) => {}
@@ -376,10 +379,12 @@ async fn session(
         for line in reaction.lines {
             println!("{line}");
         }
-        for command in reaction.send {
-            if writer.send(command).await.is_err() {
-                return Ok(End::Lost("write failed".into()));
-            }
+        // One write for the whole reaction, its acks and commits batched.
+        for command in view.agent.coalesce(reaction.send) {
+            writer.queue(command);
+        }
+        if writer.flush().await.is_err() {
+            return Ok(End::Lost("write failed".into()));
         }
         if reaction.quit {
             // DCNN makes the server flush and close; wait for that.
@@ -407,7 +412,8 @@ mod tests {
         let r = v.on_line("hello");
         let [Command::ChMsg { id, msg_id, msg }] = &r.send[..] else { panic!("{:?}", r.send) };
         assert_eq!((*id, msg.clone()), (ch, Body::text("hello")));
-        let commit = ServerEvent::ChMsgCommit(ChMsgCommit { id: *msg_id, channel: ch, acks: vec![me] });
+        let commit =
+            ServerEvent::ChMsgCommit(ChMsgCommit { id: *msg_id, channel: ch, acks: vec![me], ids: Vec::new() });
         assert!(v.on_event(commit.clone(), "t", 0).lines[0].contains("✓ committed"));
         assert!(v.on_event(commit, "t", 0).lines.is_empty(), "shown once");
         assert!(v.on_line("/frobnicate").lines[0].contains("unknown"));

@@ -12,14 +12,16 @@
 //! Iteration is over ordered sets, so a run is deterministic and replayable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use ulid::Ulid;
 
+use super::batch::{Batch, BatchKind};
 use super::quorum::is_majority;
 use crate::proto::command::MergedMessage;
 use crate::proto::event::{
-    ChAppend, ChElected, ChMsg, ChMsgAck, ChMsgCommit, ChMsgConfirm, ChStatus, ChUjoin, ChUleave, ChVoteRequest,
-    ChannelEntry, ChannelUser, HistoryEntry, Outbound,
+    ChAppend, ChElected, ChMsg, ChMsgAck, ChMsgConfirm, ChStatus, ChUjoin, ChUleave, ChVoteRequest, ChannelEntry,
+    ChannelUser, HistoryEntry, Outbound,
 };
 use crate::proto::{Body, ErrorCode, ProtoError};
 
@@ -32,6 +34,14 @@ pub enum ChannelEffect {
         to: Ulid,
         /// The frame.
         frame: Outbound,
+    },
+    /// Acks or commits of several messages for a user: one frame if its
+    /// session takes batched frames, else one per message (PROTOCOL.md §7.9).
+    SendBatch {
+        /// The recipient.
+        to: Ulid,
+        /// What to tell, shared by every recipient.
+        batch: Arc<Batch>,
     },
     /// A write to the store.
     Store(StoreOp),
@@ -508,7 +518,7 @@ impl Channel {
         for (msg_id, p) in &self.pending {
             let users: Vec<Ulid> = p.acks.iter().copied().filter(|&u| u != p.from).collect();
             if let Some(&user) = users.first() {
-                let frame = Outbound::event(&ChMsgAck { id: *msg_id, user, users });
+                let frame = Outbound::event(&ChMsgAck { id: *msg_id, user, users, ids: Vec::new() });
                 out.push(ChannelEffect::Send { to: leader, frame });
             }
         }
@@ -575,6 +585,60 @@ impl Channel {
 
     /// `ACK_CH_MSG {id}` from `user`, for a message this channel [`knows`](Self::knows).
     pub fn ack(&mut self, user: Ulid, msg_id: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        self.ack_many(user, &[msg_id], out)
+    }
+
+    /// `ACK_CH_MSG` of several of this channel's messages from `user`
+    /// (PROTOCOL.md §7.9): each is handled as its own `ACK_CH_MSG` would be,
+    /// and the `CH_MSG_ACK`s that result go to each recipient as one batch.
+    /// Every id is tried; the first error is returned.
+    pub fn ack_many(&mut self, user: Ulid, ids: &[Ulid], out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
+        let mut first_error = None;
+        // (recipient, acked messages), in order of first appearance: the leader and a few senders.
+        let mut tell: Vec<(Ulid, Vec<Ulid>)> = Vec::new();
+        for &msg_id in ids {
+            let result = self.ack_one(user, msg_id, out, |to| match tell.iter_mut().find(|(t, _)| *t == to) {
+                Some((_, acked)) => acked.push(msg_id),
+                None => tell.push((to, vec![msg_id])),
+            });
+            if let Err(e) = result {
+                let e = if ids.len() > 1 { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
+                first_error.get_or_insert(e);
+            }
+        }
+        let per_frame = self.ids_per_frame(0);
+        for (to, acked) in tell {
+            for chunk in acked.chunks(per_frame) {
+                self.send_batch(to, BatchKind::Acks { user }, chunk.to_vec(), out);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// How many message ids fit a batched frame beside `acks` acks, within `max_payload`.
+    fn ids_per_frame(&self, acks: usize) -> usize {
+        (self.limits.max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
+    }
+
+    /// One batch to one user; a batch of one is a plain frame.
+    fn send_batch(&self, to: Ulid, kind: BatchKind, ids: Vec<Ulid>, out: &mut Vec<ChannelEffect>) {
+        if let Some(batch) = Batch::new(kind, ids) {
+            out.push(match batch.ids() {
+                // A batch of one has one form.
+                [_] => ChannelEffect::Send { to, frame: batch.batched().clone() },
+                _ => ChannelEffect::SendBatch { to, batch: Arc::new(batch) },
+            });
+        }
+    }
+
+    /// One ack; `tell` is called with each user who must hear of it.
+    fn ack_one(
+        &mut self,
+        user: Ulid,
+        msg_id: Ulid,
+        out: &mut Vec<ChannelEffect>,
+        mut tell: impl FnMut(Ulid),
+    ) -> Result<(), ProtoError> {
         if let Some(p) = self.pending.get_mut(&msg_id) {
             if !p.recipients.contains(&user) {
                 return Err(err(ErrorCode::UnknownMsg, "that message was not delivered to you"));
@@ -582,13 +646,10 @@ impl Channel {
             if !p.acks.insert(user) {
                 return Ok(());
             }
-            let frame = Outbound::event(&ChMsgAck { id: msg_id, user, users: Vec::new() });
             let mut to: BTreeSet<Ulid> = self.leader.into_iter().collect();
             to.insert(p.from);
             to.remove(&user);
-            for to in to {
-                out.push(ChannelEffect::Send { to, frame: frame.clone() });
-            }
+            to.into_iter().for_each(&mut tell);
             return Ok(());
         }
         if let Some(m) = self.merges.get(&msg_id) {
@@ -678,20 +739,44 @@ impl Channel {
     /// `election` durable: announce the commits, start the election.
     pub fn stored(&mut self, seq: u64, election: u64, out: &mut Vec<ChannelEffect>) {
         self.start_ballot(election, out);
+        // Consecutive commits with the same acks go out as one batch (PROTOCOL.md §7.9).
+        let mut run: Option<(Vec<Ulid>, Vec<Ulid>)> = None;
         while let Some(entry) = self.unannounced.first_entry() {
             if *entry.key() > seq {
                 break;
             }
             match entry.remove() {
-                Announcement::Commit { msg_id, acks } => {
-                    let frame = Outbound::event(&ChMsgCommit { id: msg_id, channel: self.id, acks });
-                    self.to_online(&frame, out);
-                }
+                Announcement::Commit { msg_id, acks } => match &mut run {
+                    Some((a, ids)) if *a == acks && ids.len() < self.ids_per_frame(a.len()) => ids.push(msg_id),
+                    _ => {
+                        if let Some(done) = run.replace((acks, vec![msg_id])) {
+                            self.announce_commits(done, out);
+                        }
+                    }
+                },
                 Announcement::Merged { anchor, entry } => {
+                    if let Some(done) = run.take() {
+                        self.announce_commits(done, out);
+                    }
                     let frame = Outbound::event(&ChAppend { id: self.id, anchor, messages: vec![entry], more: false });
                     self.to_online(&frame, out);
                 }
             }
+        }
+        if let Some(done) = run {
+            self.announce_commits(done, out);
+        }
+    }
+
+    /// `CH_MSG_COMMIT` of consecutive commits sharing `acks`, to every online member.
+    fn announce_commits(&self, (acks, ids): (Vec<Ulid>, Vec<Ulid>), out: &mut Vec<ChannelEffect>) {
+        let Some(batch) = Batch::new(BatchKind::Commits { channel: self.id, acks }, ids) else { return };
+        if batch.ids().len() == 1 {
+            return self.to_online(batch.batched(), out);
+        }
+        let batch = Arc::new(batch);
+        for &to in &self.online {
+            out.push(ChannelEffect::SendBatch { to, batch: batch.clone() });
         }
     }
 
@@ -841,11 +926,13 @@ mod tests {
     fn sent_to(out: &[ChannelEffect], to: Ulid) -> Vec<ServerEvent> {
         out.iter()
             .filter_map(|e| match e {
-                ChannelEffect::Send { to: t, frame } if *t == to => {
-                    ServerEvent::decode(frame.command, &frame.payload).ok()
-                }
+                ChannelEffect::Send { to: t, frame } if *t == to => Some(vec![frame.clone()]),
+                // As a session without batching sees it.
+                ChannelEffect::SendBatch { to: t, batch } if *t == to => Some(batch.singles().to_vec()),
                 _ => None,
             })
+            .flatten()
+            .filter_map(|frame| ServerEvent::decode(frame.command, &frame.payload).ok())
             .collect()
     }
 

@@ -121,6 +121,7 @@ impl Limits {
             skew_s: self.skew_s,
             max_payload: self.max_payload as u64,
             min_online: self.min_online,
+            features: vec![crate::proto::event::FEATURE_BATCH.to_owned()],
         }
     }
 }

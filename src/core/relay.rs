@@ -77,6 +77,8 @@ pub enum Input {
         key_rev: u64,
         /// The CNN's nonce and timestamp.
         envelope: Envelope,
+        /// The session takes batched frames (PROTOCOL.md §7.9).
+        batch: bool,
     },
     /// A verified request on an authenticated connection.
     Request {
@@ -214,6 +216,8 @@ pub struct Relay {
     live_msgs: HashMap<Ulid, Ulid>,
     /// Connections with a `CH_PULL` being read: one at a time each.
     pulls_in_flight: std::collections::HashSet<ConnId>,
+    /// Sessions that asked for batched frames (PROTOCOL.md §7.9).
+    batching: std::collections::HashSet<ConnId>,
     /// Reused buffer for channel output.
     channel_out: Vec<ChannelEffect>,
 }
@@ -239,6 +243,7 @@ impl Relay {
             memberships: HashMap::new(),
             live_msgs: HashMap::new(),
             pulls_in_flight: std::collections::HashSet::new(),
+            batching: std::collections::HashSet::new(),
             channel_out: Vec::new(),
         }
     }
@@ -271,7 +276,12 @@ impl Relay {
     /// Applies one input at `now` (unix seconds), appending effects to `out`.
     pub fn step(&mut self, input: Input, now: u64, out: &mut Vec<Effect>) {
         match input {
-            Input::Open { conn, account, key_rev, envelope } => self.open(conn, account, key_rev, envelope, now, out),
+            Input::Open { conn, account, key_rev, envelope, batch } => {
+                self.open(conn, account, key_rev, envelope, now, out);
+                if batch && self.sessions.contains_key(&conn) {
+                    self.batching.insert(conn);
+                }
+            }
             Input::Request { conn, request } => {
                 let Some(&account) = self.sessions.get(&conn) else { return };
                 if self.spend_nonce(conn, account, request.envelope, now, out) {
@@ -396,6 +406,7 @@ impl Relay {
     /// Ends a session: closes it (with `last`, if given) and tells everyone else.
     fn end_session(&mut self, conn: ConnId, last: Option<Outbound>, out: &mut Vec<Effect>) {
         self.pulls_in_flight.remove(&conn);
+        self.batching.remove(&conn);
         let Some(account) = self.sessions.remove(&conn) else { return };
         if self.online.get(&account) == Some(&conn) {
             self.online.remove(&account);
@@ -580,13 +591,46 @@ impl Relay {
                 self.live_msgs.insert(msg_id, id);
                 Ok(())
             }
-            Command::AckChMsg { id } => {
+            Command::AckChMsg { id, ids } if ids.is_empty() => {
                 let channel = self.message_channel(me, &id)?;
                 self.with_channel(channel, out, |c, o| c.ack(me, id, o))
             }
-            Command::ChCommit { id, acks } => {
-                let channel = self.message_channel(me, &id)?;
-                self.with_channel(channel, out, |c, o| c.commit(me, id, &acks, o))
+            Command::AckChMsg { id, ids } => {
+                // Batching (§7.9): each id as its own ACK_CH_MSG, grouped by channel.
+                let mut first_error = None;
+                let mut by_channel: Vec<(Ulid, Vec<Ulid>)> = Vec::new();
+                for msg_id in std::iter::once(id).chain(ids) {
+                    match self.message_channel(me, &msg_id) {
+                        Ok(c) => match by_channel.iter_mut().find(|(ch, _)| *ch == c) {
+                            Some((_, m)) => m.push(msg_id),
+                            None => by_channel.push((c, vec![msg_id])),
+                        },
+                        Err(e) => {
+                            first_error.get_or_insert(ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)));
+                        }
+                    }
+                }
+                for (channel, msgs) in by_channel {
+                    if let Err(e) = self.with_channel(channel, out, |c, o| c.ack_many(me, &msgs, o)) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            }
+            Command::ChCommit { id, acks, ids } => {
+                // Batching (§7.9): `ids` are committed after `id`, in order, with the same acks.
+                let batched = !ids.is_empty();
+                let mut first_error = None;
+                for msg_id in std::iter::once(id).chain(ids) {
+                    let result = self
+                        .message_channel(me, &msg_id)
+                        .and_then(|channel| self.with_channel(channel, out, |c, o| c.commit(me, msg_id, &acks, o)));
+                    if let Err(e) = result {
+                        let e = if batched { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
             }
             Command::ChAckReq { id, users } => {
                 let channel = self.live_channel(&id).ok_or_else(|| {
@@ -705,6 +749,14 @@ impl Relay {
                 ChannelEffect::Send { to, frame } => {
                     if let Some(&conn) = self.online.get(&to) {
                         out.push(Effect::Send { conn, frame });
+                    }
+                }
+                ChannelEffect::SendBatch { to, batch } => {
+                    let Some(&conn) = self.online.get(&to) else { continue };
+                    if self.batching.contains(&conn) {
+                        out.push(Effect::Send { conn, frame: batch.batched().clone() });
+                    } else {
+                        out.extend(batch.singles().iter().map(|frame| Effect::Send { conn, frame: frame.clone() }));
                     }
                 }
                 ChannelEffect::Store(op) => out.push(Effect::Store(op)),

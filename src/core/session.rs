@@ -29,6 +29,8 @@ pub enum SessionOutput {
         key_rev: u64,
         /// The CNN's nonce and timestamp.
         envelope: Envelope,
+        /// The session asked for batched frames (PROTOCOL.md §7.9).
+        batch: bool,
     },
     /// A verified request from the authenticated account.
     Request(Request),
@@ -154,7 +156,7 @@ impl Session {
                     // A malformed CNN is not fatal: the client may retry before the CNN timeout.
                     Err(failure) => return Ok(SessionOutput::Reject { envelope: None, error: failure.error }),
                 };
-                let Command::Cnn { id } = request.command else { return Err(failed()) };
+                let Command::Cnn { id, batch } = request.command else { return Err(failed()) };
                 let tag = frame.signature.as_ref().ok_or_else(failed)?;
                 // Unknown id and bad tag must look the same; verify against a
                 // throwaway key for unknown ids so timing does not tell either.
@@ -168,7 +170,7 @@ impl Session {
                 }
                 self.check_time(request.envelope, now)?;
                 self.state = State::Authenticated { account: id, mac: Box::new(mac) };
-                Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope: request.envelope })
+                Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope: request.envelope, batch })
             }
             other => {
                 Err(ProtoError::new(ErrorCode::NotAuthenticated, format!("{other} before CNN: authenticate first")))

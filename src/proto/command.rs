@@ -33,6 +33,24 @@ struct IdBody {
 }
 
 #[derive(Serialize, Deserialize)]
+struct CnnBody {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    /// Batching extension (PROTOCOL.md §7.9): this session takes batched frames.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    batch: bool,
+}
+
+/// `ACK_CH_MSG`: `ids` is the batching extension (PROTOCOL.md §7.9).
+#[derive(Serialize, Deserialize)]
+struct AckChMsgBody {
+    #[serde(deserialize_with = "id::strict")]
+    id: Ulid,
+    #[serde(default, deserialize_with = "id::strict_vec", skip_serializing_if = "Vec::is_empty")]
+    ids: Vec<Ulid>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ToBody {
     #[serde(deserialize_with = "id::strict")]
     to: Ulid,
@@ -91,6 +109,9 @@ struct ChCommitBody {
     id: Ulid,
     #[serde(deserialize_with = "id::strict_vec")]
     acks: Vec<Ulid>,
+    /// Batching extension (PROTOCOL.md §7.9): further messages committed with the same acks.
+    #[serde(default, deserialize_with = "id::strict_vec", skip_serializing_if = "Vec::is_empty")]
+    ids: Vec<Ulid>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,10 +159,13 @@ pub struct MergedMessage<B = Body> {
 /// A parsed client command (without its envelope).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `CNN {id}`: authenticate as account `id`.
+    /// `CNN {id, batch}`: authenticate as account `id`.
     Cnn {
         /// The account.
         id: Ulid,
+        /// The session takes the batched forms of `CH_MSG_ACK` and
+        /// `CH_MSG_COMMIT` (batching extension, PROTOCOL.md §7.9).
+        batch: bool,
     },
     /// `KALIVE {}`: keep the session alive.
     Kalive,
@@ -214,17 +238,23 @@ pub enum Command {
         /// Content.
         msg: Body,
     },
-    /// `ACK_CH_MSG {id}`: acknowledge (or confirm a merged) channel message.
+    /// `ACK_CH_MSG {id, ids}`: acknowledge (or confirm a merged) channel message.
     AckChMsg {
         /// The message.
         id: Ulid,
+        /// Further messages acknowledged by the same frame, in order
+        /// (batching extension, PROTOCOL.md §7.9); usually empty.
+        ids: Vec<Ulid>,
     },
-    /// `CH_COMMIT {id, acks}`: the leader commits a message.
+    /// `CH_COMMIT {id, acks, ids}`: the leader commits a message.
     ChCommit {
         /// The message.
         id: Ulid,
         /// The users whose acks make the majority.
         acks: Vec<Ulid>,
+        /// Further messages committed with the same `acks`, in order
+        /// (batching extension, PROTOCOL.md §7.9); usually empty.
+        ids: Vec<Ulid>,
     },
     /// `CH_PULL {id, anchor}`: ask for history after `anchor`.
     ChPull {
@@ -289,7 +319,10 @@ impl Request {
             rmp_serde::from_slice(payload)
         }
         let command = match name.as_str() {
-            "CNN" => Command::Cnn { id: de::<IdBody>(payload).map_err(body)?.id },
+            "CNN" => {
+                let w: CnnBody = de(payload).map_err(body)?;
+                Command::Cnn { id: w.id, batch: w.batch }
+            }
             "KALIVE" => Command::Kalive,
             "DCNN" => Command::Dcnn,
             "INFO" => Command::Info,
@@ -319,10 +352,13 @@ impl Request {
                 let w: ChMsgBody<BodyRef<'_>> = rmp_serde::from_slice(payload).map_err(body)?;
                 Command::ChMsg { id: w.id, msg_id: w.msg_id, msg: body_of(w.msg, payload) }
             }
-            "ACK_CH_MSG" => Command::AckChMsg { id: de::<IdBody>(payload).map_err(body)?.id },
+            "ACK_CH_MSG" => {
+                let w: AckChMsgBody = de(payload).map_err(body)?;
+                Command::AckChMsg { id: w.id, ids: w.ids }
+            }
             "CH_COMMIT" => {
                 let w: ChCommitBody = de(payload).map_err(body)?;
-                Command::ChCommit { id: w.id, acks: w.acks }
+                Command::ChCommit { id: w.id, acks: w.acks, ids: w.ids }
             }
             "CH_PULL" => {
                 let w: ChPullBody = de(payload).map_err(body)?;
@@ -362,9 +398,9 @@ impl Request {
             Command::Kalive | Command::Dcnn | Command::Info | Command::LstUsr | Command::ChLst => {
                 Some(Value::Map(vec![]))
             }
-            Command::Cnn { id } | Command::ChJoin { id } | Command::ChLeave { id } | Command::AckChMsg { id } => {
-                named(IdBody { id: *id })
-            }
+            Command::Cnn { id, batch } => named(CnnBody { id: *id, batch: *batch }),
+            Command::ChJoin { id } | Command::ChLeave { id } => named(IdBody { id: *id }),
+            Command::AckChMsg { id, ids } => named(AckChMsgBody { id: *id, ids: ids.clone() }),
             Command::CnnUsr { to } => named(ToBody { to: *to }),
             Command::PvMsg { to, msg_id, msg } => named(PvMsgBody { to: *to, msg_id: *msg_id, msg }),
             Command::AckMsg { from, msg_id } => named(AckMsgBody { from: *from, msg_id: *msg_id }),
@@ -374,7 +410,9 @@ impl Request {
                 named(ChVoteBody { channel: *channel, election: *election, user: *user })
             }
             Command::ChMsg { id, msg_id, msg } => named(ChMsgBody { id: *id, msg_id: *msg_id, msg }),
-            Command::ChCommit { id, acks } => named(ChCommitBody { id: *id, acks: acks.clone() }),
+            Command::ChCommit { id, acks, ids } => {
+                named(ChCommitBody { id: *id, acks: acks.clone(), ids: ids.clone() })
+            }
             Command::ChPull { id, anchor } => named(ChPullBody { id: *id, anchor: *anchor }),
             Command::ChMerge { id, msg } => named(ChMergeBody { id: *id, msg: msg.clone() }),
             Command::ChAckReq { id, users } => named(ChAckReqBody { id: *id, users: users.clone() }),
@@ -442,7 +480,8 @@ mod tests {
     fn every_command_roundtrips() {
         let a = Ulid::from(7u128);
         let b = Ulid::from(9u128);
-        roundtrip(Command::Cnn { id: a });
+        roundtrip(Command::Cnn { id: a, batch: false });
+        roundtrip(Command::Cnn { id: a, batch: true });
         roundtrip(Command::Kalive);
         roundtrip(Command::Dcnn);
         roundtrip(Command::Info);
@@ -458,8 +497,10 @@ mod tests {
         roundtrip(Command::ChLead { channel: a, election: u64::MAX });
         roundtrip(Command::ChVote { channel: a, election: 3, user: b });
         roundtrip(Command::ChMsg { id: a, msg_id: b, msg: Body::binary(vec![1u8; 40]) });
-        roundtrip(Command::AckChMsg { id: b });
-        roundtrip(Command::ChCommit { id: b, acks: vec![a, b] });
+        roundtrip(Command::AckChMsg { id: b, ids: Vec::new() });
+        roundtrip(Command::AckChMsg { id: b, ids: vec![a, b] });
+        roundtrip(Command::ChCommit { id: b, acks: vec![a, b], ids: Vec::new() });
+        roundtrip(Command::ChCommit { id: b, acks: vec![a, b], ids: vec![a] });
         roundtrip(Command::ChPull { id: a, anchor: None });
         roundtrip(Command::ChPull { id: a, anchor: Some(b) });
         roundtrip(Command::ChMerge {

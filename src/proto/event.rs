@@ -82,7 +82,13 @@ pub struct Sinfo {
     pub max_payload: u64,
     /// Online members a channel needs to be healthy.
     pub min_online: u64,
+    /// Protocol extensions this server speaks (PROTOCOL.md §7.9): `"batch"`.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// The extension of batched acks and commits (PROTOCOL.md §7.9), as named in `SINFO.features`.
+pub const FEATURE_BATCH: &str = "batch";
 event!(Sinfo, "SINFO");
 
 /// `UCNN` / `UDCNN` payload: a user came online / went offline.
@@ -293,6 +299,10 @@ pub struct ChMsgAck {
     /// otherwise. An extension of the seed's fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<Ulid>,
+    /// Further messages `user` acknowledged in the same frame (batching
+    /// extension, PROTOCOL.md §7.9: only to sessions that asked for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<Ulid>,
 }
 event!(ChMsgAck, "CH_MSG_ACK");
 
@@ -305,6 +315,11 @@ pub struct ChMsgCommit {
     pub channel: Ulid,
     /// The acks the commit rests on.
     pub acks: Vec<Ulid>,
+    /// Further messages committed right after `id` with the same `acks`, in
+    /// commit order (batching extension, PROTOCOL.md §7.9: only to sessions
+    /// that asked for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<Ulid>,
 }
 event!(ChMsgCommit, "CH_MSG_COMMIT");
 

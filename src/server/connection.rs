@@ -290,14 +290,14 @@ async fn reader(
                 reply_before_auth(&handle, shared.sinfo_unsigned.clone());
                 continue;
             }
-            Ok(SessionOutput::Authenticate { account, key_rev, envelope }) => {
+            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
                 if let (Some(mac), Ok(mut slot)) = (session.mac(), handle.pending_mac.lock()) {
                     *slot = Some(mac.clone());
                 }
                 framed.decoder_mut().set_max_payload(limits.max_payload);
                 tracing::info!(conn = conn.0, %peer, %account, "authenticated");
                 deadline = Instant::now() + idle;
-                Input::Open { conn, account, key_rev, envelope }
+                Input::Open { conn, account, key_rev, envelope, batch }
             }
             Ok(SessionOutput::Reject { error, .. }) if !was_authenticated => {
                 reply_before_auth(&handle, Outbound::error(&error).unsigned());

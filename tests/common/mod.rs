@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use sigil::client::agent::Agent;
-use sigil::client::{Client, Credentials};
+use sigil::client::{Client, ConnectOptions, Credentials};
 use sigil::proto::event::ErrPayload;
 use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
 use sigil::server::{self, Config, RunningServer};
@@ -229,7 +230,7 @@ impl Raw {
 
     /// Authenticates with a fresh nonce; returns the UCNN frame.
     pub async fn authenticate(&mut self, cred: &Credentials) -> Frame {
-        self.send_request(cred, Command::Cnn { id: cred.id }, rand::random(), now()).await;
+        self.send_request(cred, Command::Cnn { id: cred.id, batch: false }, rand::random(), now()).await;
         let f = self.frame().await.expect("UCNN");
         assert_eq!(f.command.as_str(), "UCNN", "{f:?}");
         f
@@ -301,7 +302,9 @@ pub struct Peer {
 impl Peer {
     /// Connects and runs the agent until the connection or the test ends.
     pub async fn start(addr: impl tokio::net::ToSocketAddrs, cred: Credentials, seed: u64) -> Peer {
-        let client = Client::connect(addr, &cred).await.expect("connect");
+        // The reference client asks for batches and batches its own acks and commits (§7.9).
+        let options = ConnectOptions { batch: true, ..ConnectOptions::default() };
+        let client = Client::connect_with(addr, &cred, options).await.expect("connect");
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
         let (ev_tx, ev_rx) = mpsc::channel::<ServerEvent>(4096);
         let name = cred.name.clone();
@@ -309,14 +312,23 @@ impl Peer {
             let start = Instant::now();
             let mut agent = Agent::new(cred.id, seed);
             let (mut reader, mut writer) = client.split();
+            if writer.send(Command::Info).await.is_err() {
+                return;
+            }
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             loop {
                 let send = tokio::select! {
                     ev = reader.recv() => match ev {
                         Ok(Some(ev)) => {
-                            let out = agent.on_event(&ev, start.elapsed().as_millis() as u64);
+                            let mut out = agent.on_event(&ev, start.elapsed().as_millis() as u64);
                             let _ = ev_tx.try_send(ev);
-                            out
+                            // What is already buffered is answered in the same batch.
+                            for _ in 0..256 {
+                                let Some(Ok(Some(ev))) = reader.recv().now_or_never() else { break };
+                                out.extend(agent.on_event(&ev, start.elapsed().as_millis() as u64));
+                                let _ = ev_tx.try_send(ev);
+                            }
+                            agent.coalesce(out)
                         }
                         other => {
                             if std::env::var("SIGIL_TEST_TRACE").is_ok() {
