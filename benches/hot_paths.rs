@@ -12,7 +12,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sigil::proto::event::{ChMsg, ChMsgAck, ChMsgCommit, Outbound};
 use sigil::proto::{Body, Command, Envelope, Request};
-use sigil::wire::{encode_frame, CommandName, FrameCodec, OutFrame, SecretKey};
+use sigil::wire::multimac::{sign_many_with, Impl, KeyedStates};
+use sigil::wire::{encode_frame, CommandName, FrameCodec, FrameMac, OutFrame, SecretKey};
 use tokio_util::codec::Decoder;
 use ulid::Ulid;
 
@@ -137,5 +138,33 @@ fn bench_msgpack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_mac, bench_inbound, bench_outbound, bench_msgpack);
+/// One frame signed for 200 recipients: key by key (what a writer does per
+/// frame) against the multi-lane `sign_many` on each path this CPU has.
+fn bench_fanout_sign(c: &mut Criterion) {
+    const KEYS: u8 = 200;
+    let macs: Vec<FrameMac> = (0..KEYS).map(|i| SecretKey::from_bytes([i; 32]).mac()).collect();
+    let keyed: Vec<KeyedStates> = (0..KEYS).map(|i| KeyedStates::new(&[i; 32])).collect();
+    let keys: Vec<&KeyedStates> = keyed.iter().collect();
+    for len in [64usize, 200] {
+        let payload = vec![1u8; len];
+        let parts: [&[u8]; 3] = [b"CH_MSG", b"\n", &payload];
+        let mut g = c.benchmark_group(format!("sign_200_recipients_{len}B"));
+        g.throughput(Throughput::Elements(KEYS as u64));
+        g.bench_function("one_by_one", |b| {
+            b.iter(|| macs.iter().map(|m| m.sign(b"CH_MSG", black_box(&payload))).collect::<Vec<_>>())
+        });
+        for imp in Impl::ALL.into_iter().filter(|i| i.is_available()) {
+            g.bench_function(imp.name(), |b| {
+                let mut out = Vec::with_capacity(KEYS as usize);
+                b.iter(|| {
+                    out.clear();
+                    sign_many_with(imp, &keys, black_box(&parts), &mut out).expect("available");
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_mac, bench_inbound, bench_outbound, bench_msgpack, bench_fanout_sign);
 criterion_main!(benches);

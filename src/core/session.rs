@@ -6,6 +6,8 @@
 //! because an account's nonce window is shared by all its connections.
 //! Timers (CNN and idle timeouts) belong to the I/O shell.
 
+use std::sync::Arc;
+
 use ulid::Ulid;
 
 use crate::proto::command::{Command, Envelope, Request};
@@ -57,7 +59,8 @@ pub struct AccountKey {
 enum State {
     Connected,
     // Boxed: the MAC state is large and most of a session's life is spent authenticated.
-    Authenticated { account: Ulid, mac: Box<FrameMac> },
+    // Shared: the connection's writer signs with the same keyed state.
+    Authenticated { account: Ulid, mac: Arc<FrameMac> },
 }
 
 /// One connection's protocol state.
@@ -82,7 +85,7 @@ impl Session {
     }
 
     /// The MAC state for signing frames to this session, once authenticated.
-    pub fn mac(&self) -> Option<&FrameMac> {
+    pub fn mac(&self) -> Option<&Arc<FrameMac>> {
         match &self.state {
             State::Connected => None,
             State::Authenticated { mac, .. } => Some(mac),
@@ -169,7 +172,7 @@ impl Session {
                     return Err(failed());
                 }
                 self.check_time(request.envelope, now)?;
-                self.state = State::Authenticated { account: id, mac: Box::new(mac) };
+                self.state = State::Authenticated { account: id, mac: Arc::new(mac) };
                 Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope: request.envelope, batch })
             }
             other => {

@@ -125,7 +125,7 @@ pub fn check_map(bytes: &[u8]) -> Result<(), ShapeError> {
         let at_top = stack.len() == 1;
         let (marker, n) = next(&mut c)?;
         if at_top {
-            if top_index % 2 == 0 && !is_str(marker) {
+            if top_index.is_multiple_of(2) && !is_str(marker) {
                 return Err(ShapeError::KeyNotString);
             }
             top_index += 1;

@@ -8,9 +8,9 @@
 //! and coalesces what is queued into one write. The hub never waits on a
 //! connection: a queue over its frame or byte bound is a slow consumer.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use super::{now_unix, Shared, MAX_PAYLOAD_BEFORE_AUTH};
 use crate::core::rate::{TokenBucket, Verdict};
 use crate::core::{ConnId, Input, Session, SessionOutput};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
-use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame};
+use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame, TAG_LEN};
 
 /// Bytes gathered before a write is issued.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -62,25 +62,51 @@ pub enum OfferError {
     Closed,
 }
 
+/// Frames waiting for the writer. A plain deque rather than a channel: it
+/// gives its memory back once drained (an idle session should cost almost
+/// nothing after a burst), and the writer takes a whole batch under one lock.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Queued>,
+    /// Payload bytes of `frames`.
+    bytes: usize,
+    /// The writer is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// A frame waiting for the writer, with its tag when the hub computed it
+/// (one frame for many recipients is signed for all of them at once).
+#[derive(Debug)]
+struct Queued {
+    frame: Outbound,
+    tag: Option<[u8; TAG_LEN]>,
+}
+
+/// Frames a drained queue may keep room for.
+const KEEP_FRAMES: usize = 16;
+
 /// The shared side of a connection: its queue, its close signal, its MAC.
 #[derive(Debug)]
 pub struct ConnHandle {
-    tx: mpsc::Sender<Outbound>,
-    queued_bytes: AtomicUsize,
+    queue: Mutex<Queue>,
+    /// Wakes the writer when a frame is queued.
+    ready: Notify,
+    max_frames: usize,
     max_bytes: usize,
     closing: CancellationToken,
     last: Mutex<Option<(Option<Outbound>, CloseMode)>>,
     /// The MAC the session verified CNN with, until the relay accepts it.
-    pending_mac: Mutex<Option<FrameMac>>,
+    pending_mac: Mutex<Option<Arc<FrameMac>>>,
     /// The MAC outbound frames are signed with, once the session is accepted.
-    mac: OnceLock<FrameMac>,
+    mac: OnceLock<Arc<FrameMac>>,
 }
 
 impl ConnHandle {
-    fn new(tx: mpsc::Sender<Outbound>, max_bytes: usize) -> Self {
+    fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
-            tx,
-            queued_bytes: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            max_frames,
             max_bytes,
             closing: CancellationToken::new(),
             last: Mutex::new(None),
@@ -89,22 +115,52 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a frame without waiting.
-    pub fn offer(&self, frame: Outbound) -> Result<(), OfferError> {
+    /// The MAC this connection's frames are signed with, once its session was accepted.
+    pub fn mac(&self) -> Option<&FrameMac> {
+        self.mac.get().map(|m| &**m)
+    }
+
+    /// Queues a frame without waiting; `tag` is its tag for this connection
+    /// when the caller already computed it (else the writer signs it).
+    pub fn offer(&self, frame: Outbound, tag: Option<[u8; TAG_LEN]>) -> Result<(), OfferError> {
         let len = frame.payload.len();
-        // Counted before sending, so the writer's decrement never comes first.
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before.saturating_add(len) > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(OfferError::Full);
-        }
-        self.tx.try_send(frame).map_err(|e| {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            match e {
-                mpsc::error::TrySendError::Full(_) => OfferError::Full,
-                mpsc::error::TrySendError::Closed(_) => OfferError::Closed,
+        {
+            let Ok(mut q) = self.queue.lock() else { return Err(OfferError::Closed) };
+            if q.closed {
+                return Err(OfferError::Closed);
             }
-        })
+            if q.frames.len() >= self.max_frames || q.bytes.saturating_add(len) > self.max_bytes {
+                return Err(OfferError::Full);
+            }
+            q.bytes += len;
+            q.frames.push_back(Queued { frame, tag });
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Moves queued frames into `batch` until their payloads pass `limit`
+    /// bytes (at least one frame), so what the writer holds stays bounded too.
+    fn take(&self, batch: &mut VecDeque<Queued>, limit: usize) {
+        let Ok(mut q) = self.queue.lock() else { return };
+        let mut taken = 0;
+        while taken < limit {
+            let Some(queued) = q.frames.pop_front() else { break };
+            taken += queued.frame.payload.len();
+            batch.push_back(queued);
+        }
+        q.bytes -= taken.min(q.bytes);
+        if q.frames.is_empty() && q.frames.capacity() > KEEP_FRAMES {
+            q.frames = VecDeque::new();
+        }
+    }
+
+    /// The writer stops: refuses further frames and returns what is queued.
+    fn shut(&self) -> VecDeque<Queued> {
+        let Ok(mut q) = self.queue.lock() else { return VecDeque::new() };
+        q.closed = true;
+        q.bytes = 0;
+        std::mem::take(&mut q.frames)
     }
 
     /// Closes the connection, once: later calls are ignored.
@@ -178,15 +234,14 @@ pub(super) async fn spawn(
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(1));
     let max_bytes = shared.config.outbound_bytes.max(shared.config.limits.max_payload);
-    let handle = Arc::new(ConnHandle::new(tx, max_bytes));
+    let handle = Arc::new(ConnHandle::new(shared.config.outbound_queue.max(1), max_bytes));
     // Registered before the reader runs, so the hub knows the handle before any input.
     if shared.hub.send(HubMsg::Register { conn, handle: handle.clone() }).await.is_err() {
         return;
     }
     tracing::info!(conn = conn.0, %peer, "connected");
-    shared.tracker.spawn(writer(handle.clone(), rx, write));
+    shared.tracker.spawn(writer(handle.clone(), write));
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         reader(shared, conn, handle, read, accepted, peer).await;
@@ -292,7 +347,7 @@ async fn reader(
             }
             Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
                 if let (Some(mac), Ok(mut slot)) = (session.mac(), handle.pending_mac.lock()) {
-                    *slot = Some(mac.clone());
+                    *slot = Some(Arc::clone(mac));
                 }
                 framed.decoder_mut().set_max_payload(limits.max_payload);
                 tracing::info!(conn = conn.0, %peer, %account, "authenticated");
@@ -328,7 +383,9 @@ async fn reader(
     // closing with unread input does not reset the connection under the ERR.
     let mut read = framed.into_inner().inner;
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        let mut scratch = [0u8; 4096];
+        // On the heap: a buffer held across this await would be part of every
+        // connection's reader future, idle or not.
+        let mut scratch = vec![0u8; 4096];
         while matches!(read.read(&mut scratch).await, Ok(n) if n > 0) {}
     })
     .await;
@@ -337,47 +394,44 @@ async fn reader(
 /// Queues an answer to an unauthenticated connection; one that asks faster
 /// than it reads is a slow consumer like any other.
 fn reply_before_auth(handle: &ConnHandle, frame: Outbound) {
-    if handle.offer(frame) == Err(OfferError::Full) {
+    if handle.offer(frame, None) == Err(OfferError::Full) {
         let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
         handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
     }
 }
 
-fn encode(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
+fn encode(handle: &ConnHandle, frame: &Outbound, tag: Option<[u8; TAG_LEN]>, buf: &mut BytesMut) {
     let tag = match (frame.signed, handle.mac.get()) {
+        (true, Some(_)) if tag.is_some() => tag,
         (true, Some(mac)) => Some(mac.sign(frame.command.as_bytes(), &frame.payload)),
         _ => None,
     };
     encode_frame(&OutFrame { command: frame.command, signature: tag.as_ref(), payload: &frame.payload }, buf);
 }
 
-/// Takes a frame off the queue: its bytes no longer count against the bound.
-fn dequeued(handle: &ConnHandle, frame: &Outbound, buf: &mut BytesMut) {
-    handle.queued_bytes.fetch_sub(frame.payload.len(), Ordering::AcqRel);
-    encode(handle, frame, buf);
-}
-
-async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut write: OwnedWriteHalf) {
+async fn writer(handle: Arc<ConnHandle>, mut write: OwnedWriteHalf) {
     let mut buf = BytesMut::new();
+    let mut batch = VecDeque::new();
     loop {
         if buf.is_empty() {
-            if buf.capacity() > KEEP_BUFFER {
+            // An idle connection keeps no buffers: they are cheap to get again.
+            if buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
-            tokio::select! {
-                biased;
-                _ = handle.closing.cancelled() => break,
-                item = rx.recv() => match item {
-                    None => break,
-                    Some(frame) => {
-                        dequeued(&handle, &frame, &mut buf);
-                        // Coalesce what is already queued into one write.
-                        while buf.len() < WRITE_BATCH {
-                            let Ok(frame) = rx.try_recv() else { break };
-                            dequeued(&handle, &frame, &mut buf);
-                        }
-                    }
-                },
+            // Coalesce what is queued into one write.
+            handle.take(&mut batch, WRITE_BATCH);
+            if batch.is_empty() {
+                if batch.capacity() > KEEP_FRAMES {
+                    batch = VecDeque::new();
+                }
+                tokio::select! {
+                    biased;
+                    _ = handle.closing.cancelled() => break,
+                    _ = handle.ready.notified() => continue,
+                }
+            }
+            for Queued { frame, tag } in batch.drain(..) {
+                encode(&handle, &frame, tag, &mut buf);
             }
         } else {
             tokio::select! {
@@ -397,14 +451,14 @@ async fn writer(handle: Arc<ConnHandle>, mut rx: mpsc::Receiver<Outbound>, mut w
     // Closing: finish the frame in progress, then (when flushing) what is
     // queued, then the last frame, all within a bounded time.
     let (last, mode) = handle.take_close();
+    let queued = handle.shut();
     if mode == CloseMode::Flush {
-        while let Ok(frame) = rx.try_recv() {
-            dequeued(&handle, &frame, &mut buf);
+        for Queued { frame, tag } in batch.into_iter().chain(queued) {
+            encode(&handle, &frame, tag, &mut buf);
         }
     }
-    rx.close();
     if let Some(last) = &last {
-        encode(&handle, last, &mut buf);
+        encode(&handle, last, None, &mut buf);
     }
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         write.write_all(&buf).await?;

@@ -15,6 +15,7 @@ use super::connection::{CloseMode, ConnHandle, OfferError};
 use super::store_writer::{StoreJob, StoreReply};
 use crate::core::{ConnId, Effect, Input, Relay};
 use crate::proto::{ErrorCode, Outbound, ProtoError};
+use crate::wire::{sign_many, TAG_LEN};
 
 /// A message to the hub.
 #[derive(Debug)]
@@ -50,6 +51,7 @@ pub(super) async fn run(
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
+    let mut tags = Vec::new();
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,11 +108,12 @@ pub(super) async fn run(
                     handle.accept_mac();
                 }
             }
-            for effect in effects.drain(..) {
+            presign(&effects, &conns, &mut tags);
+            for (effect, tag) in effects.drain(..).zip(tags.drain(..)) {
                 match effect {
                     Effect::Send { conn, frame } => {
                         let Some(handle) = conns.get(&conn) else { continue };
-                        match handle.offer(frame) {
+                        match handle.offer(frame, tag) {
                             Ok(()) => {}
                             Err(OfferError::Full) => {
                                 tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
@@ -149,5 +152,47 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+}
+
+/// Signs fan-out in bulk: for each run of consecutive sends of one signed
+/// frame (same command and payload bytes) to accepted sessions, computes every
+/// recipient's tag together with the multi-lane MAC. `tags[i]` is the tag of
+/// `effects[i]`, or `None` where the writer is to sign (single frames,
+/// sessions not accepted yet, other effects).
+fn presign(effects: &[Effect], conns: &HashMap<ConnId, Arc<ConnHandle>>, tags: &mut Vec<Option<[u8; TAG_LEN]>>) {
+    tags.clear();
+    tags.resize(effects.len(), None);
+    let same = |a: &Outbound, b: &Outbound| {
+        a.command == b.command && a.payload.as_ptr() == b.payload.as_ptr() && a.payload.len() == b.payload.len()
+    };
+    let mut start = 0;
+    while start < effects.len() {
+        let Effect::Send { frame: first, .. } = &effects[start] else {
+            start += 1;
+            continue;
+        };
+        let run = effects[start..]
+            .iter()
+            .take_while(|e| matches!(e, Effect::Send { frame, .. } if frame.signed && same(frame, first)))
+            .count();
+        if run >= 2 {
+            let mut at = Vec::with_capacity(run);
+            let mut macs = Vec::with_capacity(run);
+            for (i, effect) in effects[start..start + run].iter().enumerate() {
+                if let Effect::Send { conn, .. } = effect {
+                    if let Some(mac) = conns.get(conn).and_then(|h| h.mac()) {
+                        at.push(start + i);
+                        macs.push(mac);
+                    }
+                }
+            }
+            let mut signed = Vec::with_capacity(macs.len());
+            sign_many(&macs, first.command.as_bytes(), &first.payload, &mut signed);
+            for (i, tag) in at.into_iter().zip(signed) {
+                tags[i] = Some(tag);
+            }
+        }
+        start += run.max(1);
     }
 }

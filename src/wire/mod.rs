@@ -4,8 +4,9 @@
 
 pub mod codec;
 pub mod mac;
+pub mod multimac;
 pub mod replay;
 
 pub use codec::{encode_frame, CommandName, Frame, FrameCodec, FrameError, OutFrame, TAG_LEN};
-pub use mac::{FrameMac, KeyError, SecretKey, KEY_LEN};
+pub use mac::{sign_many, FrameMac, KeyError, SecretKey, KEY_LEN};
 pub use replay::{ReplayError, ReplayGuard};
