@@ -52,6 +52,7 @@ pub(super) async fn run(
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
     let mut tags = Vec::new();
+    let (mut queued, mut trimmer) = (0u64, super::memory::Trimmer::default());
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,7 +68,12 @@ pub(super) async fn run(
                     continue;
                 }
             },
-            _ = tick.tick() => Some(HubMsg::Input(Input::Tick)),
+            _ = tick.tick() => {
+                if trimmer.tick(queued) {
+                    tracing::debug!(queued, "gave free memory back after a burst");
+                }
+                Some(HubMsg::Input(Input::Tick))
+            }
         };
         match msg {
             None => break,
@@ -114,7 +120,7 @@ pub(super) async fn run(
                     Effect::Send { conn, frame } => {
                         let Some(handle) = conns.get(&conn) else { continue };
                         match handle.offer(frame, tag) {
-                            Ok(()) => {}
+                            Ok(()) => queued += 1,
                             Err(OfferError::Full) => {
                                 tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
                                 let e = ProtoError::new(

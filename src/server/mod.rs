@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod hub;
+mod memory;
 pub mod store_writer;
 
 use std::collections::HashMap;
