@@ -43,6 +43,8 @@ pub enum BenchError {
 pub enum Scenario {
     /// One channel, many members, a few publishers.
     Fanout,
+    /// The fan-out at a fixed delivery rate (open loop), for latency.
+    Latency,
     /// Pairs exchanging private messages with acks.
     Private,
     /// New connections + authentication per second.
@@ -113,7 +115,7 @@ pub struct Measured {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Scenarios to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "fanout,private,connect,idle")]
+    #[arg(long, value_delimiter = ',', default_value = "fanout,private,connect,idle,latency")]
     pub scenarios: Vec<Scenario>,
     /// A peer to measure beside sigil, as NAME=HOST:PORT with NAME one of nats, redis, ngircd
     /// (repeatable). Its pid is read from PID_DIR/NAME.pid when --pid-dir is given.
@@ -135,9 +137,15 @@ pub struct BenchArgs {
     /// first subscriber has it). Open loop: the most in flight before sending pauses.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub window: u64,
-    /// Open loop: deliveries per second in total (messages/s × members); 0 = closed loop.
+    /// Fan-out: deliveries per second in total (messages/s × members), open loop; 0 = closed loop.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Latency: deliveries per second in total, open loop (the fan-out's members and size).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub latency_rate: u64,
+    /// Latency: publishers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub latency_publishers: u64,
     /// Seconds each message scenario publishes.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub secs: u64,
@@ -255,13 +263,15 @@ fn run_in(
         publishers: args.publishers as usize,
         size: args.size as usize,
         window: args.window as usize,
-        shape: match args.rate {
-            0 => LoadShape::Closed,
-            r => LoadShape::Open { messages_per_s: r as f64 / (args.members * args.publishers) as f64 },
-        },
+        shape: open_loop(args.rate, args.members, args.publishers),
         duration: Duration::from_secs(args.secs),
         drain: Duration::from_secs(args.drain_secs),
         batch: !args.no_batch,
+    };
+    let latency = FanoutParams {
+        publishers: args.latency_publishers as usize,
+        shape: open_loop(args.latency_rate, args.members, args.latency_publishers),
+        ..fanout.clone()
     };
     let mut rows = Vec::new();
     let cpu = args.pin.then_some(0);
@@ -282,8 +292,9 @@ fn run_in(
                     Target::Sigil => Some(SigilServer::start(bin, &db, cpu, dir.join("server.log"))?),
                     Target::Peer { .. } => None,
                 };
+                let params = if scenario == Scenario::Latency { &latency } else { &fanout };
                 let outcome =
-                    runtime.block_on(one(scenario, target, server.as_ref(), &creds, args, &fanout, count, progress));
+                    runtime.block_on(one(scenario, target, server.as_ref(), &creds, args, params, count, progress));
                 reporter.finish();
                 drop(server);
                 match outcome {
@@ -300,6 +311,14 @@ fn run_in(
         }
     }
     report::write(&args.out, args, &rows)
+}
+
+/// Open loop at `rate` deliveries/s in total over `members` × `publishers`; closed for 0.
+fn open_loop(rate: u64, members: u64, publishers: u64) -> LoadShape {
+    match rate {
+        0 => LoadShape::Closed,
+        r => LoadShape::Open { messages_per_s: r as f64 / (members * publishers) as f64 },
+    }
 }
 
 fn create_accounts(db: &std::path::Path, n: usize) -> Result<Vec<Credentials>, BenchError> {
@@ -328,7 +347,7 @@ async fn one(
     };
     let name = target.name();
     match scenario {
-        Scenario::Fanout => {
+        Scenario::Fanout | Scenario::Latency => {
             let m = match target {
                 Target::Sigil => sigil::fanout(addr, creds, fanout, progress).await?,
                 Target::Peer { protocol, .. } => peers::fanout(*protocol, addr, fanout, progress).await?,

@@ -147,33 +147,28 @@ impl FrameCodec {
         mut check: impl FnMut(usize, u8) -> Result<(), FrameError>,
         too_long: impl Fn() -> FrameError,
     ) -> Result<Option<(usize, usize)>, FrameError> {
-        while self.scanned < src.len() {
-            let i = self.scanned;
-            let b = src[i];
-            if b == b'\n' {
-                let content = if i > 0 && src[i - 1] == b'\r' { i - 1 } else { i };
-                self.scanned = 0;
-                return Ok(Some((content, i + 1)));
-            }
-            if b == b'\r' {
-                // Tolerated only right before the LF; every line's check rejects it elsewhere.
-                match src.get(i + 1) {
-                    None => return Ok(None),
-                    Some(b'\n') => {
-                        self.scanned += 1;
-                        continue;
-                    }
-                    // A stray CR: every line's check rejects it below.
-                    Some(_) => {}
-                }
-            }
-            // The byte's validity first, so `12345x` is malformed, not too large.
+        // A legal line ends within `max` content bytes, a CR and the LF: look no further.
+        let limit = src.len().min(max.saturating_add(2));
+        let from = self.scanned.min(limit);
+        let (end, found) = match memchr::memchr(b'\n', &src[from..limit]) {
+            Some(at) => (from + at, true),
+            None => (limit, false),
+        };
+        // A CR is tolerated only right before the LF (or at the end, where the LF may follow).
+        let content = if end > 0 && src[end - 1] == b'\r' && (found || end == src.len()) { end - 1 } else { end };
+        // In order, each byte's validity first, so `12345x` is malformed, not too large.
+        for (i, &b) in src[from..content].iter().enumerate() {
+            let i = from + i;
             check(i, b)?;
             if i >= max {
                 return Err(too_long());
             }
-            self.scanned += 1;
         }
+        if found {
+            self.scanned = 0;
+            return Ok(Some((content, end + 1)));
+        }
+        self.scanned = content;
         Ok(None)
     }
 }
@@ -255,6 +250,25 @@ impl Decoder for FrameCodec {
                     self.state = State::Signature { command, len };
                 }
                 State::Signature { command, len } => {
+                    // Fast path, the common case: a whole 128-digit line that
+                    // decodes as hex (which checks every digit). Anything else
+                    // takes the byte-by-byte path, for its precise error.
+                    if self.scanned == 0 {
+                        let eol = match src.get(SIGNATURE_HEX_LEN..SIGNATURE_HEX_LEN + 2) {
+                            Some([b'\n', _]) => Some(1),
+                            Some(b"\r\n") => Some(2),
+                            _ => None,
+                        };
+                        let mut tag = [0u8; TAG_LEN];
+                        if let Some(eol) = eol {
+                            if hex::decode_to_slice(&src[..SIGNATURE_HEX_LEN], &mut tag).is_ok() {
+                                src.advance(SIGNATURE_HEX_LEN + eol);
+                                src.reserve(len.saturating_sub(src.len()));
+                                self.state = State::Payload { command, len, signature: Some(tag) };
+                                continue;
+                            }
+                        }
+                    }
                     let line = self.scan_line(
                         src,
                         SIGNATURE_HEX_LEN,
@@ -279,8 +293,10 @@ impl Decoder for FrameCodec {
                         _ => return Err(FrameError::BadSignatureLine("must be empty or 128 hex digits")),
                     };
                     src.advance(consumed);
-                    // LEN is validated, so reserving it is safe.
-                    src.reserve(len);
+                    // LEN is validated, so reserving it is safe. Only what is
+                    // missing: reserving `len` beyond frames already buffered
+                    // would move the whole buffer for every frame.
+                    src.reserve(len.saturating_sub(src.len()));
                     self.state = State::Payload { command, len, signature };
                 }
                 State::Payload { command, len, signature } => {
