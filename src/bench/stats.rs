@@ -131,7 +131,12 @@ impl Default for Recorder {
 impl Recorder {
     /// Records a delivery of `msg` at `now_ns`.
     pub fn delivered(&mut self, msg: &[u8], now_ns: u64) -> Option<Stamp> {
-        let Some(stamp) = read_stamp(msg) else {
+        self.stamped(read_stamp(msg), now_ns)
+    }
+
+    /// Records a delivery whose header was already read (`None`: it had none).
+    pub fn stamped(&mut self, stamp: Option<Stamp>, now_ns: u64) -> Option<Stamp> {
+        let Some(stamp) = stamp else {
             self.foreign += 1;
             return None;
         };

@@ -78,8 +78,19 @@ impl ClientReader {
     /// An unsigned `ERR` is accepted only before our own `UCNN`: the server
     /// sends those before authentication, and only then.
     pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        let Some(frame) = self.recv_frame().await? else { return Ok(None) };
+        Ok(Some(ServerEvent::decode(frame.command.as_str(), &frame.payload)?))
+    }
+
+    /// The next frame with its tag checked, not decoded: for a caller that
+    /// decodes only the fields it needs (the load generator's hot path).
+    pub async fn recv_frame(&mut self) -> Result<Option<Frame>, ClientError> {
         let Some(frame) = self.framed.next().await.transpose()? else { return Ok(None) };
-        self.check(&frame).map(Some)
+        self.check(&frame)?;
+        if frame.command.as_str() == "UCNN" {
+            self.authenticated = true;
+        }
+        Ok(Some(frame))
     }
 
     /// Stops checking tags (a tag must still be present once authenticated).
@@ -89,7 +100,7 @@ impl ClientReader {
         self.verify = false;
     }
 
-    fn check(&mut self, frame: &Frame) -> Result<ServerEvent, ClientError> {
+    fn check(&self, frame: &Frame) -> Result<(), ClientError> {
         let command = frame.command.as_str();
         let valid = match &frame.signature {
             Some(_) if !self.verify => true,
@@ -99,11 +110,7 @@ impl ClientReader {
         if !valid {
             return Err(ClientError::BadTag(command.to_owned()));
         }
-        let event = ServerEvent::decode(command, &frame.payload)?;
-        if matches!(event, ServerEvent::Ucnn(_)) {
-            self.authenticated = true;
-        }
-        Ok(event)
+        Ok(())
     }
 }
 
