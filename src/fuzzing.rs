@@ -471,6 +471,7 @@ pub fn session(data: &[u8]) {
                 w.step(Input::Tick);
             }
             Step::Flush => {
+                w.step(Input::Flush);
                 let ops = std::mem::take(&mut w.queue);
                 for op in &ops {
                     if let StoreOp::Append { channel, entry, .. } = op {

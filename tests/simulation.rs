@@ -249,8 +249,11 @@ impl Sim {
                 if !a.ids.is_empty() && !self.batch_of(user) {
                     self.fail(format!("{user} did not ask for batches but got {a:?}"));
                 }
+                // Each of `user` and `users` acked each of `id` and `ids` (§7.9).
                 for id in std::iter::once(a.id).chain(a.ids) {
-                    self.acks_seen_by.entry(user).or_default().entry(id).or_default().insert(a.user);
+                    let seen = self.acks_seen_by.entry(user).or_default().entry(id).or_default();
+                    seen.insert(a.user);
+                    seen.extend(a.users.iter().copied());
                 }
             }
             ServerEvent::ChMsgCommit(c) => {
@@ -622,7 +625,13 @@ impl Sim {
                     self.step_confirmations.push((u, id));
                 }
             }
-            86..=93 => self.flush(),
+            86..=93 => {
+                // The shell's inbox ran empty: gathered acks go out; and the store flushes.
+                if self.rng.gen_bool(0.5) {
+                    self.step_input(Input::Flush);
+                }
+                self.flush();
+            }
             94..=96 => {
                 self.now += self.rng.gen_range(1..20);
                 self.step_input(Input::Tick);

@@ -118,9 +118,11 @@ impl Member {
                 self.delivered(m.msg_id, read_stamp(&m.msg.bytes), m.from, m.recipients, now)
             }
             ServerEvent::ChMsgAck(a) if self.leader => {
+                // Each of `user` and `users` acked each of `id` and `ids` (§7.9).
                 for id in std::iter::once(a.id).chain(a.ids) {
                     if let Some(p) = self.pending.get_mut(&id) {
                         p.acks.insert(a.user);
+                        p.acks.extend(a.users.iter().copied());
                         self.try_commit(id);
                     }
                 }

@@ -188,15 +188,13 @@ impl Agent {
                 self.try_commit(m.id, m.msg_id, now_ms, &mut out);
             }
             ServerEvent::ChMsgAck(a) => {
-                // `ids`: the same user's acks of further messages (batching, §7.9).
+                // Each of `user` and `users` acknowledged each of `id` and `ids` (§7.3, §7.9).
                 for id in std::iter::once(&a.id).chain(&a.ids) {
                     let found = self.channels.iter_mut().find(|(_, c)| c.pending.contains_key(id));
                     if let Some((&channel, c)) = found {
                         if let Some(p) = c.pending.get_mut(id) {
                             p.acks.insert(a.user);
-                            if *id == a.id {
-                                p.acks.extend(a.users.iter().copied());
-                            }
+                            p.acks.extend(a.users.iter().copied());
                         }
                         self.try_commit(channel, *id, now_ms, &mut out);
                     }

@@ -1,65 +1,38 @@
-//! `Batch`: acks or commits of several messages that go to one user as a
-//! single frame when its session asked for batched frames, and as one frame
-//! per message otherwise (PROTOCOL.md §7.9). Either form is encoded once,
-//! when a recipient first needs it, and shared by every recipient after.
+//! `Batch`: commits of several consecutive messages of a channel that go to
+//! a member as one `CH_MSG_COMMIT` when its session asked for batched frames,
+//! and as one frame per message otherwise (PROTOCOL.md §7.9). Either form is
+//! encoded once, when a recipient first needs it, and shared by every
+//! recipient after.
 
 use std::sync::OnceLock;
 
 use ulid::Ulid;
 
-use crate::proto::event::{ChMsgAck, ChMsgCommit, Outbound};
+use crate::proto::event::{ChMsgCommit, Outbound};
 
-/// What a batch reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchKind {
-    /// `user` acknowledged each of `ids` (`CH_MSG_ACK`).
-    Acks {
-        /// Who acknowledged.
-        user: Ulid,
-    },
-    /// Each of `ids` was committed in `channel`, in this order, with `acks` (`CH_MSG_COMMIT`).
-    Commits {
-        /// The channel.
-        channel: Ulid,
-        /// The acks of every commit in the batch.
-        acks: Vec<Ulid>,
-    },
-}
-
-/// Several messages' acks or commits, in order (at least one).
+/// Consecutive commits of one channel with the same acks, in commit order (at least one).
 #[derive(Debug)]
 pub struct Batch {
-    kind: BatchKind,
+    channel: Ulid,
+    acks: Vec<Ulid>,
     ids: Vec<Ulid>,
     batched: OnceLock<Outbound>,
     singles: OnceLock<Vec<Outbound>>,
 }
 
 impl Batch {
-    /// A batch of `ids` (in order); `None` when `ids` is empty.
-    pub fn new(kind: BatchKind, ids: Vec<Ulid>) -> Option<Batch> {
-        (!ids.is_empty()).then(|| Batch { kind, ids, batched: OnceLock::new(), singles: OnceLock::new() })
+    /// The commits of `ids` (in order) in `channel`, all with `acks`; `None` when `ids` is empty.
+    pub fn new(channel: Ulid, acks: Vec<Ulid>, ids: Vec<Ulid>) -> Option<Batch> {
+        (!ids.is_empty()).then(|| Batch { channel, acks, ids, batched: OnceLock::new(), singles: OnceLock::new() })
     }
 
-    /// The message ids, in order.
+    /// The message ids, in commit order.
     pub fn ids(&self) -> &[Ulid] {
         &self.ids
     }
 
-    /// What it reports.
-    pub fn kind(&self) -> &BatchKind {
-        &self.kind
-    }
-
     fn frame(&self, first: Ulid, rest: Vec<Ulid>) -> Outbound {
-        match &self.kind {
-            BatchKind::Acks { user } => {
-                Outbound::event(&ChMsgAck { id: first, user: *user, users: Vec::new(), ids: rest })
-            }
-            BatchKind::Commits { channel, acks } => {
-                Outbound::event(&ChMsgCommit { id: first, channel: *channel, acks: acks.clone(), ids: rest })
-            }
-        }
+        Outbound::event(&ChMsgCommit { id: first, channel: self.channel, acks: self.acks.clone(), ids: rest })
     }
 
     /// The one frame for a session that takes batched frames.
@@ -79,7 +52,7 @@ impl Batch {
 
 impl PartialEq for Batch {
     fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.ids == other.ids
+        (self.channel, &self.acks, &self.ids) == (other.channel, &other.acks, &other.ids)
     }
 }
 
@@ -91,24 +64,24 @@ mod tests {
     use crate::proto::ServerEvent;
 
     #[test]
-    fn both_forms_report_the_same_messages() {
+    fn both_forms_report_the_same_commits() {
         let ids: Vec<Ulid> = (1..=3u128).map(Ulid::from).collect();
-        let user = Ulid::from(9u128);
-        let batch = Batch::new(BatchKind::Acks { user }, ids.clone()).expect("not empty");
+        let (channel, acks) = (Ulid::from(9u128), vec![Ulid::from(7u128), Ulid::from(8u128)]);
+        let batch = Batch::new(channel, acks.clone(), ids.clone()).expect("not empty");
         let one = batch.batched();
-        let Ok(ServerEvent::ChMsgAck(a)) = ServerEvent::decode(one.command, &one.payload) else {
-            panic!("not a CH_MSG_ACK")
+        let Ok(ServerEvent::ChMsgCommit(c)) = ServerEvent::decode(one.command, &one.payload) else {
+            panic!("not a CH_MSG_COMMIT")
         };
-        assert_eq!((a.id, a.user, a.ids.as_slice()), (ids[0], user, &ids[1..]));
+        assert_eq!((c.id, c.channel, &c.acks, c.ids.as_slice()), (ids[0], channel, &acks, &ids[1..]));
         let singles: Vec<Ulid> = batch
             .singles()
             .iter()
             .map(|f| match ServerEvent::decode(f.command, &f.payload) {
-                Ok(ServerEvent::ChMsgAck(a)) if a.ids.is_empty() && a.user == user => a.id,
+                Ok(ServerEvent::ChMsgCommit(c)) if c.ids.is_empty() && c.acks == acks => c.id,
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
         assert_eq!(singles, ids);
-        assert!(Batch::new(BatchKind::Acks { user }, Vec::new()).is_none());
+        assert!(Batch::new(channel, acks, Vec::new()).is_none());
     }
 }

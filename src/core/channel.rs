@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use ulid::Ulid;
 
-use super::batch::{Batch, BatchKind};
+use super::batch::Batch;
 use super::quorum::is_majority;
 use crate::proto::command::MergedMessage;
 use crate::proto::event::{
@@ -35,8 +35,18 @@ pub enum ChannelEffect {
         /// The frame.
         frame: Outbound,
     },
-    /// Acks or commits of several messages for a user: one frame if its
-    /// session takes batched frames, else one per message (PROTOCOL.md §7.9).
+    /// `user` acknowledged `msg_id`: tell `to`. The relay gathers these
+    /// across consecutive acks and sends them batched (PROTOCOL.md §7.9).
+    AckNote {
+        /// Who must hear of it.
+        to: Ulid,
+        /// The message.
+        msg_id: Ulid,
+        /// Who acknowledged it.
+        user: Ulid,
+    },
+    /// Commits of several messages for a user: one frame if its session
+    /// takes batched frames, else one per message (PROTOCOL.md §7.9).
     SendBatch {
         /// The recipient.
         to: Ulid,
@@ -589,27 +599,14 @@ impl Channel {
     }
 
     /// `ACK_CH_MSG` of several of this channel's messages from `user`
-    /// (PROTOCOL.md §7.9): each is handled as its own `ACK_CH_MSG` would be,
-    /// and the `CH_MSG_ACK`s that result go to each recipient as one batch.
+    /// (PROTOCOL.md §7.9): each is handled as its own `ACK_CH_MSG` would be.
     /// Every id is tried; the first error is returned.
     pub fn ack_many(&mut self, user: Ulid, ids: &[Ulid], out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
         let mut first_error = None;
-        // (recipient, acked messages), in order of first appearance: the leader and a few senders.
-        let mut tell: Vec<(Ulid, Vec<Ulid>)> = Vec::new();
         for &msg_id in ids {
-            let result = self.ack_one(user, msg_id, out, |to| match tell.iter_mut().find(|(t, _)| *t == to) {
-                Some((_, acked)) => acked.push(msg_id),
-                None => tell.push((to, vec![msg_id])),
-            });
-            if let Err(e) = result {
+            if let Err(e) = self.ack_one(user, msg_id, out) {
                 let e = if ids.len() > 1 { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
                 first_error.get_or_insert(e);
-            }
-        }
-        let per_frame = self.ids_per_frame(0);
-        for (to, acked) in tell {
-            for chunk in acked.chunks(per_frame) {
-                self.send_batch(to, BatchKind::Acks { user }, chunk.to_vec(), out);
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -620,25 +617,8 @@ impl Channel {
         (self.limits.max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
     }
 
-    /// One batch to one user; a batch of one is a plain frame.
-    fn send_batch(&self, to: Ulid, kind: BatchKind, ids: Vec<Ulid>, out: &mut Vec<ChannelEffect>) {
-        if let Some(batch) = Batch::new(kind, ids) {
-            out.push(match batch.ids() {
-                // A batch of one has one form.
-                [_] => ChannelEffect::Send { to, frame: batch.batched().clone() },
-                _ => ChannelEffect::SendBatch { to, batch: Arc::new(batch) },
-            });
-        }
-    }
-
-    /// One ack; `tell` is called with each user who must hear of it.
-    fn ack_one(
-        &mut self,
-        user: Ulid,
-        msg_id: Ulid,
-        out: &mut Vec<ChannelEffect>,
-        mut tell: impl FnMut(Ulid),
-    ) -> Result<(), ProtoError> {
+    /// One ack.
+    fn ack_one(&mut self, user: Ulid, msg_id: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
         if let Some(p) = self.pending.get_mut(&msg_id) {
             if !p.recipients.contains(&user) {
                 return Err(err(ErrorCode::UnknownMsg, "that message was not delivered to you"));
@@ -646,10 +626,14 @@ impl Channel {
             if !p.acks.insert(user) {
                 return Ok(());
             }
-            let mut to: BTreeSet<Ulid> = self.leader.into_iter().collect();
-            to.insert(p.from);
-            to.remove(&user);
-            to.into_iter().for_each(&mut tell);
+            // The leader and the sender, once each, never the acker itself.
+            let sender = p.from;
+            if let Some(leader) = self.leader.filter(|l| *l != user && *l != sender) {
+                out.push(ChannelEffect::AckNote { to: leader, msg_id, user });
+            }
+            if sender != user {
+                out.push(ChannelEffect::AckNote { to: sender, msg_id, user });
+            }
             return Ok(());
         }
         if let Some(m) = self.merges.get(&msg_id) {
@@ -770,7 +754,7 @@ impl Channel {
 
     /// `CH_MSG_COMMIT` of consecutive commits sharing `acks`, to every online member.
     fn announce_commits(&self, (acks, ids): (Vec<Ulid>, Vec<Ulid>), out: &mut Vec<ChannelEffect>) {
-        let Some(batch) = Batch::new(BatchKind::Commits { channel: self.id, acks }, ids) else { return };
+        let Some(batch) = Batch::new(self.id, acks, ids) else { return };
         if batch.ids().len() == 1 {
             return self.to_online(batch.batched(), out);
         }
@@ -927,6 +911,10 @@ mod tests {
         out.iter()
             .filter_map(|e| match e {
                 ChannelEffect::Send { to: t, frame } if *t == to => Some(vec![frame.clone()]),
+                ChannelEffect::AckNote { to: t, msg_id, user } if *t == to => {
+                    let ack = ChMsgAck { id: *msg_id, user: *user, users: Vec::new(), ids: Vec::new() };
+                    Some(vec![Outbound::event(&ack)])
+                }
                 // As a session without batching sees it.
                 ChannelEffect::SendBatch { to: t, batch } if *t == to => Some(batch.singles().to_vec()),
                 _ => None,

@@ -9,7 +9,7 @@ pub mod rate;
 pub mod relay;
 pub mod session;
 
-pub use batch::{Batch, BatchKind};
+pub use batch::Batch;
 pub use channel::{durable_marks, Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
 pub use config::Limits;
 pub use relay::{ConnId, Effect, Input, PullRequest, Relay};

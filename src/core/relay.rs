@@ -16,8 +16,8 @@ use super::channel::{Channel, ChannelEffect, ChannelSnapshot, StoreOp};
 use super::config::Limits;
 use crate::proto::command::{Command, Envelope, Request};
 use crate::proto::event::{
-    ChAppend, HistoryEntry, LstCh, Msg, MsgAck, Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst,
-    UsrRmd,
+    ChAppend, ChMsgAck, HistoryEntry, LstCh, Msg, MsgAck, Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd,
+    UsrHsk, UsrLst, UsrRmd,
 };
 use crate::proto::{ErrorCode, ProtoError};
 use crate::wire::ReplayGuard;
@@ -117,6 +117,10 @@ pub enum Input {
     },
     /// Time passed: expire what is due.
     Tick,
+    /// Nothing more is waiting: send the acks gathered so far (§7.9). The
+    /// shell sends this when its inbox is empty; any input other than an
+    /// `ACK_CH_MSG` does the same first, so frames keep their order.
+    Flush,
     /// The store made a channel's writes durable.
     Stored {
         /// The channel.
@@ -187,6 +191,12 @@ struct Account {
     key_rev: u64,
 }
 
+/// A message and the users whose acks of it are gathered.
+type AckedBy = (Ulid, Vec<Ulid>);
+
+/// Acks gathered before they are sent even without [`Input::Flush`].
+const MAX_GATHERED_ACKS: usize = 65_536;
+
 /// Key of a delivered private message awaiting its ack: (recipient, sender, msg_id).
 type Delivery = (Ulid, Ulid, Ulid);
 
@@ -218,6 +228,8 @@ pub struct Relay {
     pulls_in_flight: std::collections::HashSet<ConnId>,
     /// Sessions that asked for batched frames (PROTOCOL.md §7.9).
     batching: std::collections::HashSet<ConnId>,
+    /// Acks to tell, gathered across consecutive `ACK_CH_MSG`s: (to, msg_id, acker).
+    ack_notes: Vec<(ConnId, Ulid, Ulid)>,
     /// Reused buffer for channel output.
     channel_out: Vec<ChannelEffect>,
 }
@@ -244,6 +256,7 @@ impl Relay {
             live_msgs: HashMap::new(),
             pulls_in_flight: std::collections::HashSet::new(),
             batching: std::collections::HashSet::new(),
+            ack_notes: Vec::new(),
             channel_out: Vec::new(),
         }
     }
@@ -275,7 +288,13 @@ impl Relay {
 
     /// Applies one input at `now` (unix seconds), appending effects to `out`.
     pub fn step(&mut self, input: Input, now: u64, out: &mut Vec<Effect>) {
+        let gathers =
+            matches!(&input, Input::Request { request, .. } if matches!(request.command, Command::AckChMsg { .. }));
+        if !gathers {
+            self.flush_acks(out);
+        }
         match input {
+            Input::Flush => {}
             Input::Open { conn, account, key_rev, envelope, batch } => {
                 self.open(conn, account, key_rev, envelope, now, out);
                 if batch && self.sessions.contains_key(&conn) {
@@ -743,12 +762,21 @@ impl Relay {
     }
 
     /// Turns user-addressed channel output into connection-addressed effects.
-    fn route(&self, effects: &mut Vec<ChannelEffect>, out: &mut Vec<Effect>) {
+    fn route(&mut self, effects: &mut Vec<ChannelEffect>, out: &mut Vec<Effect>) {
         for effect in effects.drain(..) {
             match effect {
                 ChannelEffect::Send { to, frame } => {
                     if let Some(&conn) = self.online.get(&to) {
                         out.push(Effect::Send { conn, frame });
+                    }
+                }
+                ChannelEffect::AckNote { to, msg_id, user } => {
+                    if let Some(&conn) = self.online.get(&to) {
+                        self.ack_notes.push((conn, msg_id, user));
+                        // Bounded: a shell that never goes idle still gets them out.
+                        if self.ack_notes.len() >= MAX_GATHERED_ACKS {
+                            self.flush_acks(out);
+                        }
                     }
                 }
                 ChannelEffect::SendBatch { to, batch } => {
@@ -762,6 +790,70 @@ impl Relay {
                 ChannelEffect::Store(op) => out.push(Effect::Store(op)),
             }
         }
+    }
+
+    /// Sends the gathered acks: to a batching session, each set of
+    /// messages acknowledged by the same users as one `CH_MSG_ACK {id, ids,
+    /// user, users}`; to any other, one `CH_MSG_ACK {id, user}` per ack.
+    fn flush_acks(&mut self, out: &mut Vec<Effect>) {
+        if self.ack_notes.is_empty() {
+            return;
+        }
+        let notes = std::mem::take(&mut self.ack_notes);
+        // Per connection, in order of first appearance: message → its ackers.
+        let mut per_conn: Vec<(ConnId, Vec<AckedBy>)> = Vec::new();
+        for (conn, msg_id, user) in notes {
+            if !self.sessions.contains_key(&conn) {
+                continue;
+            }
+            if !self.batching.contains(&conn) {
+                let frame = Outbound::event(&ChMsgAck { id: msg_id, user, users: Vec::new(), ids: Vec::new() });
+                out.push(Effect::Send { conn, frame });
+                continue;
+            }
+            let at = match per_conn.iter().position(|(c, _)| *c == conn) {
+                Some(at) => at,
+                None => {
+                    per_conn.push((conn, Vec::new()));
+                    per_conn.len() - 1
+                }
+            };
+            let msgs = &mut per_conn[at].1;
+            match msgs.last_mut().filter(|(m, _)| *m == msg_id) {
+                Some((_, users)) => users.push(user),
+                None => match msgs.iter_mut().find(|(m, _)| *m == msg_id) {
+                    Some((_, users)) => users.push(user),
+                    None => msgs.push((msg_id, vec![user])),
+                },
+            }
+        }
+        for (conn, msgs) in per_conn {
+            // Messages with the same ackers share a frame.
+            let mut groups: Vec<(Vec<Ulid>, Vec<Ulid>)> = Vec::new();
+            for (msg_id, users) in msgs {
+                match groups.iter_mut().find(|(u, _)| *u == users) {
+                    Some((_, ids)) => ids.push(msg_id),
+                    None => groups.push((users, vec![msg_id])),
+                }
+            }
+            for (users, ids) in groups {
+                let per_frame = (self.limits.max_payload.saturating_sub(96 + 27 * users.len()) / 27).max(1);
+                for chunk in ids.chunks(per_frame) {
+                    let frame = Outbound::event(&ChMsgAck {
+                        id: chunk[0],
+                        user: users[0],
+                        users: users[1..].to_vec(),
+                        ids: chunk[1..].to_vec(),
+                    });
+                    out.push(Effect::Send { conn, frame });
+                }
+            }
+        }
+    }
+
+    /// True when acks are gathered and not yet sent (the shell then sends [`Input::Flush`]).
+    pub fn has_gathered_acks(&self) -> bool {
+        !self.ack_notes.is_empty()
     }
 
     /// How many list entries of at most `entry_max` bytes fit one frame.
@@ -822,5 +914,74 @@ impl Relay {
         self.deliveries_made += 1;
         self.deliveries.insert(key, (expires, self.deliveries_made));
         self.deliveries_by_expiry.insert((expires, self.deliveries_made, key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Body;
+
+    /// Decoded `CH_MSG_ACK`s sent to `conn`.
+    fn acks_to(out: &[Effect], conn: ConnId) -> Vec<ChMsgAck> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if *c == conn && frame.command == "CH_MSG_ACK" => {
+                    match crate::proto::ServerEvent::decode(frame.command, &frame.payload) {
+                        Ok(crate::proto::ServerEvent::ChMsgAck(a)) => Some(a),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acks_from_consecutive_frames_reach_a_batching_leader_as_one_frame() {
+        let now = 1_800_000_000;
+        let mut relay = Relay::new(Limits::default(), now);
+        let mut out = Vec::new();
+        let users: Vec<Ulid> = (1..=4u128).map(Ulid::from).collect();
+        let conns: Vec<ConnId> = (1..=4u64).map(ConnId).collect();
+        let mut nonce = 0;
+        let mut request = |relay: &mut Relay, out: &mut Vec<Effect>, i: usize, command: Command| {
+            nonce += 1;
+            let request = Request { envelope: Envelope { nonce, timestamp: now }, command };
+            relay.step(Input::Request { conn: conns[i], request }, now, out);
+        };
+        for (i, &id) in users.iter().enumerate() {
+            relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut out);
+            let envelope = Envelope { nonce: 1000 + i as u64, timestamp: now };
+            // users[0] (the leader) asks for batches; the sender users[1] does not.
+            relay.step(Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: i == 0 }, now, &mut out);
+        }
+        request(&mut relay, &mut out, 0, Command::ChNew { name: "c".into() });
+        let channel = relay.channels.keys().next().copied().expect("created");
+        for i in 1..4 {
+            request(&mut relay, &mut out, i, Command::ChJoin { id: channel });
+        }
+        request(&mut relay, &mut out, 0, Command::ChLead { channel, election: 1 });
+        relay.step(Input::Stored { channel, seq: 0, election: 1 }, now, &mut out);
+        for i in 1..3 {
+            request(&mut relay, &mut out, i, Command::ChVote { channel, election: 1, user: users[0] });
+        }
+        assert_eq!(relay.channel(&channel).and_then(|c| c.leader()), Some(users[0]));
+        let m = Ulid::from(99u128);
+        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m, msg: Body::text("x") });
+        out.clear();
+        // Two acks in two frames, then the shell's inbox runs empty.
+        request(&mut relay, &mut out, 2, Command::AckChMsg { id: m, ids: Vec::new() });
+        request(&mut relay, &mut out, 3, Command::AckChMsg { id: m, ids: Vec::new() });
+        assert!(acks_to(&out, conns[0]).is_empty(), "gathered, not sent yet");
+        relay.step(Input::Flush, now, &mut out);
+        let leader = acks_to(&out, conns[0]);
+        assert_eq!(leader.len(), 1, "{leader:?}");
+        assert_eq!((leader[0].id, leader[0].user, &leader[0].users), (m, users[2], &vec![users[3]]));
+        // The sender did not ask for batches: one plain CH_MSG_ACK per ack, in order.
+        let sender: Vec<(Ulid, Ulid, usize)> =
+            acks_to(&out, conns[1]).iter().map(|a| (a.id, a.user, a.users.len() + a.ids.len())).collect();
+        assert_eq!(sender, vec![(m, users[2], 0), (m, users[3], 0)]);
+        assert!(!relay.has_gathered_acks());
     }
 }
