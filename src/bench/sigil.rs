@@ -450,16 +450,26 @@ pub async fn private(
     let clients = connect_all(addr, &creds[..pairs * 2], false).await?;
     let ids: Vec<Ulid> = clients.iter().map(|c| c.credentials.id).collect();
     let clock = Clock::start();
-    let publish_end = CancellationToken::new();
+    let (publish_end, stop) = (CancellationToken::new(), CancellationToken::new());
     let sent = Arc::new(AtomicU64::new(0));
+    // Sent and not yet acked, over all sessions: each keeps acking its
+    // partner's messages until every session's are acked (or the drain ends).
+    let unacked = Arc::new(AtomicI64::new(0));
     let errors = Arc::new(Errors::default());
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         let partner = ids[i ^ 1];
         let (mut reader, mut writer) = client.split();
         reader.trust_tags();
-        let (end, sent, errors, progress, params) =
-            (publish_end.clone(), sent.clone(), errors.clone(), progress.clone(), params.clone());
+        let (end, stop, sent, unacked, errors, progress, params) = (
+            publish_end.clone(),
+            stop.clone(),
+            sent.clone(),
+            unacked.clone(),
+            errors.clone(),
+            progress.clone(),
+            params.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::default();
             let mut own: HashMap<Ulid, u64> = HashMap::new();
@@ -467,9 +477,6 @@ pub async fn private(
             let mut seq = 0u32;
             let mut acks: Vec<(Ulid, Ulid)> = Vec::new();
             loop {
-                if end.is_cancelled() && own.is_empty() {
-                    break;
-                }
                 while !end.is_cancelled() && own.len() < params.window {
                     let now = clock.now_ns();
                     write_message(&mut body, params.size, now, i as u16, seq);
@@ -479,6 +486,7 @@ pub async fn private(
                     let msg = Body::text(String::from_utf8_lossy(&body).into_owned());
                     writer.queue(Command::PvMsg { to: partner, msg_id, msg });
                     sent.fetch_add(1, Ordering::Relaxed);
+                    unacked.fetch_add(1, Ordering::AcqRel);
                 }
                 for (from, msg_id) in acks.drain(..) {
                     writer.queue(Command::AckMsg { from, msg_id });
@@ -487,9 +495,9 @@ pub async fn private(
                     break;
                 }
                 let ev = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
                     ev = reader.recv() => ev,
-                    _ = end.cancelled(), if own.is_empty() => break,
-                    _ = tokio::time::sleep(params.drain) => break,
                 };
                 let mut next = match ev {
                     Ok(Some(ev)) => Some(ev),
@@ -508,6 +516,7 @@ pub async fn private(
                             if let Some(sent) = own.remove(&a.msg_id) {
                                 rec.completed(sent, now);
                                 progress.complete();
+                                unacked.fetch_sub(1, Ordering::AcqRel);
                             }
                         }
                         ServerEvent::Err(e) => errors.record(format!("private got ERR {} ({})", e.code, e.reason)),
@@ -528,11 +537,16 @@ pub async fn private(
     tokio::time::sleep(params.duration).await;
     publish_end.cancel();
     let published_ns = clock.now_ns() - started;
+    let drain_start = std::time::Instant::now();
+    while unacked.load(Ordering::Acquire) > 0 && drain_start.elapsed() < params.drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed_ns = clock.now_ns() - started;
+    stop.cancel();
     let mut rec = Recorder::default();
     for t in tasks {
         rec.merge(t.await.map_err(setup_err)?);
     }
-    let elapsed_ns = clock.now_ns() - started;
     let sent = sent.load(Ordering::Relaxed);
     let acked = rec.completion.len();
     Ok(Measured {
