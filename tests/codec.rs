@@ -168,3 +168,18 @@ fn memory_is_reserved_only_for_a_validated_len() {
     let mut buf = BytesMut::from(&b"X\n1048577\n"[..]);
     assert!(codec.decode(&mut buf).is_err());
 }
+
+#[test]
+fn signatures_are_read_in_either_case_and_written_in_lowercase() {
+    let tag: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
+    let lower = hex::encode(&tag);
+    for sig in [lower.clone(), lower.to_uppercase()] {
+        let mut buf = BytesMut::from(format!("KALIVE\n2\n{sig}\n{{}}").as_bytes());
+        let frame = FrameCodec::new(1024).decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.signature.map(|t| t.to_vec()), Some(tag.clone()), "{sig}");
+    }
+    let mut out = BytesMut::new();
+    let tag: [u8; 64] = tag.try_into().unwrap();
+    encode_frame(&OutFrame { command: "KALIVE", signature: Some(&tag), payload: b"{}" }, &mut out);
+    assert_eq!(&out[..], format!("KALIVE\n2\n{lower}\n{{}}").as_bytes());
+}

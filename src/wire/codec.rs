@@ -261,7 +261,7 @@ impl Decoder for FrameCodec {
                         };
                         let mut tag = [0u8; TAG_LEN];
                         if let Some(eol) = eol {
-                            if hex::decode_to_slice(&src[..SIGNATURE_HEX_LEN], &mut tag).is_ok() {
+                            if faster_hex::hex_decode(&src[..SIGNATURE_HEX_LEN], &mut tag).is_ok() {
                                 src.advance(SIGNATURE_HEX_LEN + eol);
                                 src.reserve(len.saturating_sub(src.len()));
                                 self.state = State::Payload { command, len, signature: Some(tag) };
@@ -286,7 +286,7 @@ impl Decoder for FrameCodec {
                         0 => None,
                         SIGNATURE_HEX_LEN => {
                             let mut tag = [0u8; TAG_LEN];
-                            hex::decode_to_slice(&src[..content], &mut tag)
+                            faster_hex::hex_decode(&src[..content], &mut tag)
                                 .map_err(|_| FrameError::BadSignatureLine("not hex"))?;
                             Some(tag)
                         }
@@ -350,7 +350,7 @@ pub fn encode_frame(frame: &OutFrame<'_>, dst: &mut BytesMut) {
     if let Some(tag) = frame.signature {
         let mut hex_buf = [0u8; SIGNATURE_HEX_LEN];
         // Cannot fail: the buffer is exactly twice the tag length.
-        let _ = hex::encode_to_slice(tag, &mut hex_buf);
+        let _ = faster_hex::hex_encode(tag, &mut hex_buf);
         dst.put_slice(&hex_buf);
     }
     dst.put_u8(b'\n');
