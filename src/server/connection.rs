@@ -34,11 +34,10 @@ use crate::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame, TAG_
 
 /// Bytes gathered before a write is issued.
 const WRITE_BATCH: usize = 64 * 1024;
-/// A buffer that grew past this for a burst is given back once empty: most
-/// connections are idle most of the time, and their memory is what counts.
-const KEEP_BUFFER: usize = 4 * 1024;
-/// Read buffer a connection starts with (frames before CNN are tiny).
-const INITIAL_READ_BUFFER: usize = 512;
+/// Read buffer taken when a connection's socket has bytes (and given back
+/// once they are all read: most connections are idle most of the time, and
+/// their memory is what counts). Frames are small; a bigger one grows it.
+const READ_BUFFER: usize = 512;
 /// How long a closing connection may take to flush its last frames, and how
 /// long its unread input is drained so the kernel does not reset the socket
 /// (and destroy the final `ERR`) on close.
@@ -270,7 +269,7 @@ async fn reader(
     let limits = &shared.config.limits;
     let timed = FrameDeadline { inner: read, limit: shared.config.frame_timeout(), deadline: None };
     let codec = FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload));
-    let mut framed = FramedRead::with_capacity(timed, codec, INITIAL_READ_BUFFER);
+    let mut framed = FramedRead::with_capacity(timed, codec, 0);
     let started = Instant::now();
     let mut bucket = TokenBucket::new(shared.config.rate, shared.config.burst, 0.0);
     let mut warned = false;
@@ -283,9 +282,20 @@ async fn reader(
         // it that arrived while the hub took the last one do not count against it.
         let more = !framed.read_buffer().is_empty();
         framed.get_mut().frame_done(more);
-        if !more && framed.read_buffer().capacity() > KEEP_BUFFER {
-            *framed.read_buffer_mut() = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+        // Most sessions are idle most of the time: hold no read buffer until
+        // the socket has bytes (an allocation per burst is the price).
+        if !more && framed.read_buffer().capacity() > 0 {
+            *framed.read_buffer_mut() = BytesMut::new();
         }
+        let next = async {
+            if framed.read_buffer().capacity() == 0 {
+                if let Err(e) = framed.get_ref().inner.readable().await {
+                    return Some(Err(FrameError::Io(e)));
+                }
+                framed.read_buffer_mut().reserve(READ_BUFFER);
+            }
+            framed.next().await
+        };
         let frame = tokio::select! {
             biased;
             _ = handle.closing.cancelled() => break End::Gone("closed by server".into()),
@@ -293,7 +303,7 @@ async fn reader(
                 let what = if session.account().is_some() { "idle for too long" } else { "no CNN in time" };
                 break fatal(ProtoError::new(ErrorCode::Timeout, what));
             }
-            frame = framed.next() => frame,
+            frame = next => frame,
         };
         let frame = match frame {
             None => break End::Close(None, "peer closed".into()),
