@@ -800,8 +800,10 @@ impl Relay {
             return;
         }
         let notes = std::mem::take(&mut self.ack_notes);
-        // Per connection, in order of first appearance: message → its ackers.
+        // Per connection, in order of first appearance: message → its ackers
+        // (indexed: a round of acks is every member times every message).
         let mut per_conn: Vec<(ConnId, Vec<AckedBy>)> = Vec::new();
+        let mut index: HashMap<(ConnId, Ulid), usize> = HashMap::new();
         for (conn, msg_id, user) in notes {
             if !self.sessions.contains_key(&conn) {
                 continue;
@@ -819,12 +821,12 @@ impl Relay {
                 }
             };
             let msgs = &mut per_conn[at].1;
-            match msgs.last_mut().filter(|(m, _)| *m == msg_id) {
-                Some((_, users)) => users.push(user),
-                None => match msgs.iter_mut().find(|(m, _)| *m == msg_id) {
-                    Some((_, users)) => users.push(user),
-                    None => msgs.push((msg_id, vec![user])),
-                },
+            match index.get(&(conn, msg_id)) {
+                Some(&i) => msgs[i].1.push(user),
+                None => {
+                    index.insert((conn, msg_id), msgs.len());
+                    msgs.push((msg_id, vec![user]));
+                }
             }
         }
         for (conn, msgs) in per_conn {
