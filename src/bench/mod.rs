@@ -45,6 +45,8 @@ pub enum Scenario {
     Fanout,
     /// The fan-out at a fixed delivery rate (open loop), for latency.
     Latency,
+    /// Committed messages per second in a small channel (durable: group commit).
+    Commit,
     /// Pairs exchanging private messages with acks.
     Private,
     /// New connections + authentication per second.
@@ -115,7 +117,7 @@ pub struct Measured {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Scenarios to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "fanout,private,connect,idle,latency")]
+    #[arg(long, value_delimiter = ',', default_value = "fanout,commit,private,connect,idle,latency")]
     pub scenarios: Vec<Scenario>,
     /// A peer to measure beside sigil, as NAME=HOST:PORT with NAME one of nats, redis, ngircd
     /// (repeatable). Its pid is read from PID_DIR/NAME.pid when --pid-dir is given.
@@ -143,6 +145,9 @@ pub struct BenchArgs {
     /// Latency: deliveries per second in total, open loop (the fan-out's members and size).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub latency_rate: u64,
+    /// Commit: members of the channel (all but the leader publish).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=1_000))]
+    pub commit_members: u64,
     /// Latency: publishers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000))]
     pub latency_publishers: u64,
@@ -268,6 +273,13 @@ fn run_in(
         drain: Duration::from_secs(args.drain_secs),
         batch: !args.no_batch,
     };
+    let commit = FanoutParams {
+        members: args.commit_members as usize,
+        publishers: args.commit_members as usize - 1,
+        window: args.window as usize * 4,
+        shape: LoadShape::Closed,
+        ..fanout.clone()
+    };
     let latency = FanoutParams {
         publishers: args.latency_publishers as usize,
         shape: open_loop(args.latency_rate, args.members, args.latency_publishers),
@@ -282,8 +294,8 @@ fn run_in(
         };
         for count in runs {
             for target in targets {
-                if scenario == Scenario::Private && !matches!(target, Target::Sigil) {
-                    continue; // The peers have no private messages with acks.
+                if matches!(scenario, Scenario::Private | Scenario::Commit) && !matches!(target, Target::Sigil) {
+                    continue; // The peers have no private messages with acks, and no commits.
                 }
                 let label = format!("{scenario:?} {}", target.name()).to_lowercase();
                 let progress = Arc::new(Progress::default());
@@ -292,7 +304,11 @@ fn run_in(
                     Target::Sigil => Some(SigilServer::start(bin, &db, cpu, dir.join("server.log"))?),
                     Target::Peer { .. } => None,
                 };
-                let params = if scenario == Scenario::Latency { &latency } else { &fanout };
+                let params = match scenario {
+                    Scenario::Latency => &latency,
+                    Scenario::Commit => &commit,
+                    _ => &fanout,
+                };
                 let outcome =
                     runtime.block_on(one(scenario, target, server.as_ref(), &creds, args, params, count, progress));
                 reporter.finish();
@@ -347,7 +363,7 @@ async fn one(
     };
     let name = target.name();
     match scenario {
-        Scenario::Fanout | Scenario::Latency => {
+        Scenario::Fanout | Scenario::Latency | Scenario::Commit => {
             let m = match target {
                 Target::Sigil => sigil::fanout(addr, creds, fanout, progress).await?,
                 Target::Peer { protocol, .. } => peers::fanout(*protocol, addr, fanout, progress).await?,

@@ -74,11 +74,10 @@ impl Row {
     /// A message scenario's row.
     pub fn messages(server: &str, scenario: Scenario, load: String, m: &Measured) -> Row {
         let secs = m.elapsed.as_secs_f64().max(1e-9);
-        let unit = if scenario == Scenario::Private { "acked msgs/s" } else { "deliveries/s" };
-        let (value, completed) = if scenario == Scenario::Private {
-            (m.completed as f64 / secs, None)
-        } else {
-            (m.deliveries as f64 / secs, Some(m.completed as f64 / secs))
+        let (unit, value, completed) = match scenario {
+            Scenario::Private => ("acked msgs/s", m.completed as f64 / secs, None),
+            Scenario::Commit => ("commits/s", m.completed as f64 / secs, None),
+            _ => ("deliveries/s", m.deliveries as f64 / secs, Some(m.completed as f64 / secs)),
         };
         let some = |h: &hdrhistogram::Histogram<u64>, q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q));
         Row {
