@@ -95,8 +95,6 @@ pub struct Measured {
     pub deliveries: u64,
     /// Completions: commits (sigil fan-out), acks (private), first-subscriber deliveries (peers).
     pub completed: u64,
-    /// Messages published.
-    pub sent: u64,
     /// Deliveries and completions that never came.
     pub lost: u64,
     /// Deliveries that came twice.
@@ -105,12 +103,35 @@ pub struct Measured {
     pub errors: u64,
     /// From the first publish to the last delivery (or the drain bound).
     pub elapsed: Duration,
-    /// How long publishers published.
-    pub publish_time: Duration,
     /// Send → delivery, µs.
     pub delivery: Histogram<u64>,
     /// Send → completion, µs.
     pub completion: Histogram<u64>,
+}
+
+impl Measured {
+    /// What a run measured, from its merged record: `expected` deliveries, and
+    /// `must_complete` completions where every message sent must complete.
+    pub fn from_record(
+        rec: stats::Recorder,
+        expected: u64,
+        must_complete: Option<u64>,
+        errors: u64,
+        elapsed: Duration,
+    ) -> Measured {
+        let completed = rec.completion.len();
+        let lost = expected.saturating_sub(rec.unique) + must_complete.map_or(0, |n| n.saturating_sub(completed));
+        Measured {
+            deliveries: rec.unique,
+            completed,
+            lost,
+            duplicated: rec.duplicated,
+            errors,
+            elapsed,
+            delivery: rec.delivery,
+            completion: rec.completion,
+        }
+    }
 }
 
 /// `sigil bench` options.

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{write_message, Clock, Errors, Progress, Recorder};
+use super::stats::{gather, write_message, Clock, Errors, Progress, Recorder};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
 
 /// The subject, channel or IRC channel every scenario uses.
@@ -401,7 +401,6 @@ pub async fn fanout(
     let started = clock.now_ns();
     tokio::time::sleep(params.duration).await;
     publish_end.cancel();
-    let published_ns = clock.now_ns() - started;
     // Publishers are kept open until the end: closing one may drop what it sent.
     let mut held = Vec::new();
     for p in pubs {
@@ -414,24 +413,9 @@ pub async fn fanout(
     }
     let elapsed_ns = clock.now_ns() - started;
     stop.cancel();
-    let mut rec = Recorder::default();
-    for s in subs {
-        rec.merge(s.await.map_err(|e| BenchError::Setup(e.to_string()))?);
-    }
+    let rec = gather(subs).await?;
     drop(held);
-    let sent = sent.load(Ordering::Relaxed);
-    Ok(Measured {
-        deliveries: rec.unique,
-        completed: rec.completion.len(),
-        sent,
-        lost: expected.saturating_sub(rec.unique),
-        duplicated: rec.duplicated,
-        errors: errors.count(),
-        elapsed: Duration::from_nanos(elapsed_ns),
-        publish_time: Duration::from_nanos(published_ns),
-        delivery: rec.delivery,
-        completion: rec.completion,
-    })
+    Ok(Measured::from_record(rec, expected, None, errors.count(), Duration::from_nanos(elapsed_ns)))
 }
 
 /// Connections + handshake per second against a peer, each closed once ready.

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::stats::{read_stamp, write_message, Clock, Errors, Progress, Recorder, Stamp};
+use super::stats::{gather, read_stamp, write_message, Clock, Errors, Progress, Recorder, Stamp};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
 use crate::client::agent::{group_commits, MAX_IDS_PER_FRAME};
 use crate::client::{Client, ClientReader, ClientWriter, ConnectOptions, Credentials};
@@ -418,24 +418,10 @@ pub async fn fanout(
     }
     let elapsed_ns = run.clock.now_ns() - started;
     run.stop.cancel();
-    let mut rec = Recorder::default();
-    for t in tasks {
-        rec.merge(t.await.map_err(setup_err)?);
-    }
+    let rec = gather(tasks).await?;
     let sent = run.sent.load(Ordering::Relaxed);
-    let committed = rec.completion.len();
-    Ok(Measured {
-        deliveries: rec.unique,
-        completed: committed,
-        sent,
-        lost: expected.saturating_sub(rec.unique) + sent.saturating_sub(committed),
-        duplicated: rec.duplicated,
-        errors: run.errors.count(),
-        elapsed: Duration::from_nanos(elapsed_ns.max(published_ns)),
-        publish_time: Duration::from_nanos(published_ns),
-        delivery: rec.delivery,
-        completion: rec.completion,
-    })
+    let elapsed = Duration::from_nanos(elapsed_ns.max(published_ns));
+    Ok(Measured::from_record(rec, expected, Some(sent), run.errors.count(), elapsed))
 }
 
 /// Private messages: `pairs` pairs, each side sending `PV_MSG` to the other
@@ -536,31 +522,15 @@ pub async fn private(
     let started = clock.now_ns();
     tokio::time::sleep(params.duration).await;
     publish_end.cancel();
-    let published_ns = clock.now_ns() - started;
     let drain_start = std::time::Instant::now();
     while unacked.load(Ordering::Acquire) > 0 && drain_start.elapsed() < params.drain {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed_ns = clock.now_ns() - started;
     stop.cancel();
-    let mut rec = Recorder::default();
-    for t in tasks {
-        rec.merge(t.await.map_err(setup_err)?);
-    }
+    let rec = gather(tasks).await?;
     let sent = sent.load(Ordering::Relaxed);
-    let acked = rec.completion.len();
-    Ok(Measured {
-        deliveries: rec.unique,
-        completed: acked,
-        sent,
-        lost: sent.saturating_sub(rec.unique) + sent.saturating_sub(acked),
-        duplicated: rec.duplicated,
-        errors: errors.count(),
-        elapsed: Duration::from_nanos(elapsed_ns),
-        publish_time: Duration::from_nanos(published_ns),
-        delivery: rec.delivery,
-        completion: rec.completion,
-    })
+    Ok(Measured::from_record(rec, sent, Some(sent), errors.count(), Duration::from_nanos(elapsed_ns)))
 }
 
 /// New connections + CNN per second: `count` sessions, `concurrency` at a

@@ -175,6 +175,15 @@ impl Recorder {
     }
 }
 
+/// Waits for a run's tasks and merges their records.
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Recorder>>) -> Result<Recorder, super::BenchError> {
+    let mut rec = Recorder::default();
+    for t in tasks {
+        rec.merge(t.await.map_err(|e| super::BenchError::Setup(e.to_string()))?);
+    }
+    Ok(rec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
