@@ -86,6 +86,8 @@ pub struct FanoutParams {
     pub drain: Duration,
     /// sigil: batch acks and commits (PROTOCOL.md §7.9), as the reference client does.
     pub batch: bool,
+    /// sigil: how long a member may hold an ack to send it with later ones.
+    pub ack_delay: Duration,
 }
 
 /// What a message scenario measured.
@@ -190,6 +192,10 @@ pub struct BenchArgs {
     /// Idle: sessions to hold (comma-separated for several runs).
     #[arg(long, value_delimiter = ',', default_value = "5000")]
     pub idle: Vec<u64>,
+    /// sigil: how long (ms) a member may hold an ack to send it with later ones,
+    /// like TCP's delayed ACK; 0 acks at once.
+    #[arg(long, default_value_t = 0)]
+    pub ack_delay_ms: u64,
     /// sigil: one ACK_CH_MSG and CH_COMMIT per message, without the batching extension.
     #[arg(long)]
     pub no_batch: bool,
@@ -293,6 +299,7 @@ fn run_in(
         duration: Duration::from_secs(args.secs),
         drain: Duration::from_secs(args.drain_secs),
         batch: !args.no_batch,
+        ack_delay: Duration::from_millis(args.ack_delay_ms),
     };
     let commit = FanoutParams {
         members: args.commit_members as usize,

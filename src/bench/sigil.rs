@@ -105,6 +105,8 @@ struct Member {
     /// Leader only: messages awaiting a majority.
     pending: HashMap<Ulid, Pending>,
     to_ack: Vec<Ulid>,
+    /// When the oldest of `to_ack` arrived (ns), for the ack delay.
+    to_ack_since: Option<u64>,
     /// Leader only: messages with a majority, to commit at the next flush.
     ready: Vec<Ulid>,
     body: Vec<u8>,
@@ -158,6 +160,7 @@ impl Member {
         self.run.progress.delivered();
         if from != self.me {
             self.to_ack.push(msg_id);
+            self.to_ack_since.get_or_insert(now);
         }
         if self.leader {
             let acks = BTreeSet::from([from, self.me]);
@@ -192,6 +195,11 @@ impl Member {
     /// Queues the acks and commits gathered since the last flush, batched
     /// as the reference client does (PROTOCOL.md §7.9) unless told not to.
     fn queue_acks_and_commits(&mut self) {
+        // Acks may wait up to the ack delay, gathering more (like TCP's delayed ACK).
+        if self.ack_wait().is_some_and(|w| !w.is_zero()) {
+            return self.queue_commits();
+        }
+        self.to_ack_since = None;
         if self.params.batch {
             for chunk in self.to_ack.chunks(MAX_IDS_PER_FRAME) {
                 self.writer.queue(Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() });
@@ -202,6 +210,22 @@ impl Member {
             }
         }
         self.to_ack.clear();
+        self.queue_commits();
+    }
+
+    /// How long the pending acks may still wait (`None`: there are none).
+    fn ack_wait(&self) -> Option<Duration> {
+        let since = self.to_ack_since?;
+        // A commit names our own ack, so it must not overtake it.
+        if !self.ready.is_empty() || self.to_ack.len() >= MAX_IDS_PER_FRAME || self.run.publish_end.is_cancelled() {
+            return Some(Duration::ZERO);
+        }
+        let due = since + self.params.ack_delay.as_nanos() as u64;
+        Some(Duration::from_nanos(due.saturating_sub(self.run.clock.now_ns())))
+    }
+
+    /// Queues the commits gathered since the last flush.
+    fn queue_commits(&mut self) {
         let ready: Vec<(Ulid, usize, BTreeSet<Ulid>)> = self
             .ready
             .drain(..)
@@ -274,10 +298,12 @@ impl Member {
                 break;
             }
             let open = matches!(self.params.shape, LoadShape::Open { .. }) && self.publisher.is_some();
+            let ack_wait = self.ack_wait();
             let ev = tokio::select! {
                 biased;
                 _ = self.run.stop.cancelled() => break,
                 ev = self.reader.recv_frame() => ev,
+                _ = tokio::time::sleep(ack_wait.unwrap_or_default()), if ack_wait.is_some() => continue,
                 _ = go_rx.changed(), if started_ns.is_none() => continue,
                 _ = tick.tick(), if open && started_ns.is_some() && !self.run.publish_end.is_cancelled() => continue,
             };
@@ -393,6 +419,7 @@ pub async fn fanout(
             seq: 0,
             pending: HashMap::new(),
             to_ack: Vec::new(),
+            to_ack_since: None,
             ready: Vec::new(),
             body: Vec::with_capacity(params.size),
         };
