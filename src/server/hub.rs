@@ -99,9 +99,8 @@ pub(super) async fn run(
         }
         let now = super::now_unix();
         // Once nothing else waits, the acks the relay gathered go out (§7.9).
-        while let Some(input) = pending
-            .pop_front()
-            .or_else(|| (relay.has_gathered_acks() && rx.is_empty() && pending.is_empty()).then_some(Input::Flush))
+        while let Some(input) =
+            pending.pop_front().or_else(|| (relay.has_gathered_acks() && rx.is_empty()).then_some(Input::Flush))
         {
             let (closed, opened) = match &input {
                 Input::Closed { conn } => (Some(*conn), None),
