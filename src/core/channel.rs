@@ -594,31 +594,9 @@ impl Channel {
     }
 
     /// `ACK_CH_MSG {id}` from `user`, for a message this channel [`knows`](Self::knows).
+    /// The acks it records are told to the leader and the sender as
+    /// [`ChannelEffect::AckNote`]s, which the relay gathers (PROTOCOL.md §7.9).
     pub fn ack(&mut self, user: Ulid, msg_id: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
-        self.ack_many(user, &[msg_id], out)
-    }
-
-    /// `ACK_CH_MSG` of several of this channel's messages from `user`
-    /// (PROTOCOL.md §7.9): each is handled as its own `ACK_CH_MSG` would be.
-    /// Every id is tried; the first error is returned.
-    pub fn ack_many(&mut self, user: Ulid, ids: &[Ulid], out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
-        let mut first_error = None;
-        for &msg_id in ids {
-            if let Err(e) = self.ack_one(user, msg_id, out) {
-                let e = if ids.len() > 1 { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// How many message ids fit a batched frame beside `acks` acks, within `max_payload`.
-    fn ids_per_frame(&self, acks: usize) -> usize {
-        (self.limits.max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
-    }
-
-    /// One ack.
-    fn ack_one(&mut self, user: Ulid, msg_id: Ulid, out: &mut Vec<ChannelEffect>) -> Result<(), ProtoError> {
         if let Some(p) = self.pending.get_mut(&msg_id) {
             if !p.recipients.contains(&user) {
                 return Err(err(ErrorCode::UnknownMsg, "that message was not delivered to you"));
@@ -660,12 +638,12 @@ impl Channel {
         Err(err(ErrorCode::UnknownMsg, "no such message"))
     }
 
-    /// `CH_COMMIT {id, acks}` from `user`.
+    /// `CH_COMMIT {id, acks}` from `user` (`acks` taken as a set).
     pub fn commit(
         &mut self,
         user: Ulid,
         msg_id: Ulid,
-        acks: &[Ulid],
+        acks: &BTreeSet<Ulid>,
         out: &mut Vec<ChannelEffect>,
     ) -> Result<(), ProtoError> {
         if self.leader != Some(user) {
@@ -677,7 +655,6 @@ impl Channel {
         let Some(p) = self.pending.get(&msg_id) else {
             return Err(err(ErrorCode::UnknownMsg, "no such pending message"));
         };
-        let acks: BTreeSet<Ulid> = acks.iter().copied().collect();
         if let Some(fake) = acks.iter().find(|a| !p.acks.contains(a)) {
             return Err(ProtoError::new(ErrorCode::BadCommit, format!("{fake} has not acknowledged this message")));
         }
@@ -688,12 +665,17 @@ impl Channel {
             ));
         }
         if let Some(p) = self.take_pending(&msg_id) {
-            let acks: Vec<Ulid> = acks.into_iter().collect();
+            let acks: Vec<Ulid> = acks.iter().copied().collect();
             let entry =
                 HistoryEntry { id: msg_id, from: p.from, msg: p.body, timestamp: p.timestamp, acks: acks.clone() };
             self.append(entry, Announcement::Commit { msg_id, acks }, out);
         }
         Ok(())
+    }
+
+    /// How many message ids fit a batched frame beside `acks` acks, within `max_payload`.
+    fn ids_per_frame(&self, acks: usize) -> usize {
+        (self.limits.max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
     }
 
     /// Removes a merge awaiting confirmation, keeping the byte count right.
@@ -973,16 +955,16 @@ mod tests {
         let mut out = Vec::new();
         let m = Ulid::from(500u128);
         c.message(u[2], m, Body::text("x"), 5, &mut out).unwrap();
-        assert_eq!(c.commit(u[0], m, &[u[2], u[1]], &mut out).unwrap_err().code, ErrorCode::BadCommit);
+        assert_eq!(c.commit(u[0], m, &BTreeSet::from([u[2], u[1]]), &mut out).unwrap_err().code, ErrorCode::BadCommit);
         out.clear();
         c.ack(u[1], m, &mut out).unwrap();
         // The ack goes to the leader and the sender, not back to the acker.
         assert_eq!(sent_to(&out, u[0]).len(), 1);
         assert_eq!(sent_to(&out, u[2]).len(), 1);
         assert!(sent_to(&out, u[1]).is_empty());
-        assert_eq!(c.commit(u[1], m, &[u[2], u[1]], &mut out).unwrap_err().code, ErrorCode::NotLeader);
+        assert_eq!(c.commit(u[1], m, &BTreeSet::from([u[2], u[1]]), &mut out).unwrap_err().code, ErrorCode::NotLeader);
         out.clear();
-        c.commit(u[0], m, &[u[2], u[1]], &mut out).unwrap();
+        c.commit(u[0], m, &BTreeSet::from([u[2], u[1]]), &mut out).unwrap();
         assert!(matches!(&out[..], [ChannelEffect::Store(StoreOp::Append { seq: 1, .. })]), "{out:?}");
         out.clear();
         c.stored(1, 0, &mut out);

@@ -424,6 +424,8 @@ impl Relay {
 
     /// Ends a session: closes it (with `last`, if given) and tells everyone else.
     fn end_session(&mut self, conn: ConnId, last: Option<Outbound>, out: &mut Vec<Effect>) {
+        // No frame overtakes gathered acks (§7.9).
+        self.flush_acks(out);
         self.pulls_in_flight.remove(&conn);
         self.batching.remove(&conn);
         let Some(account) = self.sessions.remove(&conn) else { return };
@@ -548,6 +550,8 @@ impl Relay {
             }
         };
         if let Err(e) = result {
+            // No frame overtakes gathered acks (§7.9).
+            self.flush_acks(out);
             out.push(Effect::Send { conn, frame: Outbound::error(&e.with_ref(nonce)) });
         }
     }
@@ -615,23 +619,14 @@ impl Relay {
                 self.with_channel(channel, out, |c, o| c.ack(me, id, o))
             }
             Command::AckChMsg { id, ids } => {
-                // Batching (§7.9): each id as its own ACK_CH_MSG, grouped by channel.
+                // Batching (§7.9): each id as its own ACK_CH_MSG, in frame order.
                 let mut first_error = None;
-                let mut by_channel: Vec<(Ulid, Vec<Ulid>)> = Vec::new();
                 for msg_id in std::iter::once(id).chain(ids) {
-                    match self.message_channel(me, &msg_id) {
-                        Ok(c) => match by_channel.iter_mut().find(|(ch, _)| *ch == c) {
-                            Some((_, m)) => m.push(msg_id),
-                            None => by_channel.push((c, vec![msg_id])),
-                        },
-                        Err(e) => {
-                            first_error.get_or_insert(ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)));
-                        }
-                    }
-                }
-                for (channel, msgs) in by_channel {
-                    if let Err(e) = self.with_channel(channel, out, |c, o| c.ack_many(me, &msgs, o)) {
-                        first_error.get_or_insert(e);
+                    let result = self
+                        .message_channel(me, &msg_id)
+                        .and_then(|channel| self.with_channel(channel, out, |c, o| c.ack(me, msg_id, o)));
+                    if let (Err(e), None) = (result, &first_error) {
+                        first_error = Some(ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)));
                     }
                 }
                 first_error.map_or(Ok(()), Err)
@@ -639,14 +634,16 @@ impl Relay {
             Command::ChCommit { id, acks, ids } => {
                 // Batching (§7.9): `ids` are committed after `id`, in order, with the same acks.
                 let batched = !ids.is_empty();
+                // One set for the whole frame: a batch costs per id, not per id and ack.
+                let acks: BTreeSet<Ulid> = acks.into_iter().collect();
                 let mut first_error = None;
                 for msg_id in std::iter::once(id).chain(ids) {
                     let result = self
                         .message_channel(me, &msg_id)
                         .and_then(|channel| self.with_channel(channel, out, |c, o| c.commit(me, msg_id, &acks, o)));
-                    if let Err(e) = result {
+                    if let (Err(e), None) = (result, &first_error) {
                         let e = if batched { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
-                        first_error.get_or_insert(e);
+                        first_error = Some(e);
                     }
                 }
                 first_error.map_or(Ok(()), Err)
@@ -803,6 +800,7 @@ impl Relay {
         // Per connection, in order of first appearance: message → its ackers
         // (indexed: a round of acks is every member times every message).
         let mut per_conn: Vec<(ConnId, Vec<AckedBy>)> = Vec::new();
+        let mut conn_at: HashMap<ConnId, usize> = HashMap::new();
         let mut index: HashMap<(ConnId, Ulid), usize> = HashMap::new();
         for (conn, msg_id, user) in notes {
             if !self.sessions.contains_key(&conn) {
@@ -813,13 +811,10 @@ impl Relay {
                 out.push(Effect::Send { conn, frame });
                 continue;
             }
-            let at = match per_conn.iter().position(|(c, _)| *c == conn) {
-                Some(at) => at,
-                None => {
-                    per_conn.push((conn, Vec::new()));
-                    per_conn.len() - 1
-                }
-            };
+            let at = *conn_at.entry(conn).or_insert_with(|| {
+                per_conn.push((conn, Vec::new()));
+                per_conn.len() - 1
+            });
             let msgs = &mut per_conn[at].1;
             match index.get(&(conn, msg_id)) {
                 Some(&i) => msgs[i].1.push(user),
@@ -830,12 +825,18 @@ impl Relay {
             }
         }
         for (conn, msgs) in per_conn {
-            // Messages with the same ackers share a frame.
+            // Messages with the same set of ackers share a frame.
             let mut groups: Vec<(Vec<Ulid>, Vec<Ulid>)> = Vec::new();
-            for (msg_id, users) in msgs {
-                match groups.iter_mut().find(|(u, _)| *u == users) {
-                    Some((_, ids)) => ids.push(msg_id),
-                    None => groups.push((users, vec![msg_id])),
+            let mut group_of: HashMap<Vec<Ulid>, usize> = HashMap::new();
+            for (msg_id, mut users) in msgs {
+                users.sort_unstable();
+                users.dedup();
+                match group_of.get(&users) {
+                    Some(&g) => groups[g].1.push(msg_id),
+                    None => {
+                        group_of.insert(users.clone(), groups.len());
+                        groups.push((users, vec![msg_id]));
+                    }
                 }
             }
             for (users, ids) in groups {
@@ -985,5 +986,31 @@ mod tests {
             acks_to(&out, conns[1]).iter().map(|a| (a.id, a.user, a.users.len() + a.ids.len())).collect();
         assert_eq!(sender, vec![(m, users[2], 0), (m, users[3], 0)]);
         assert!(!relay.has_gathered_acks());
+
+        // A second message: users[2]'s ack is gathered for the leader; then the
+        // leader's own bad batch: its ERR must not overtake that ack, and names
+        // the first failing id.
+        let m2 = Ulid::from(100u128);
+        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m2, msg: Body::text("y") });
+        out.clear();
+        request(&mut relay, &mut out, 2, Command::AckChMsg { id: m2, ids: Vec::new() });
+        let unknown = Ulid::from(7u128);
+        request(&mut relay, &mut out, 0, Command::AckChMsg { id: m2, ids: vec![unknown] });
+        let to_leader: Vec<&str> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn, frame } if *conn == conns[0] => Some(frame.command),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to_leader, vec!["CH_MSG_ACK", "ERR"]);
+        let err = out.iter().find_map(|e| match e {
+            Effect::Send { conn, frame } if *conn == conns[0] && frame.command == "ERR" => {
+                crate::proto::ServerEvent::decode("ERR", &frame.payload).ok()
+            }
+            _ => None,
+        });
+        let Some(crate::proto::ServerEvent::Err(err)) = err else { panic!("no ERR") };
+        assert!(err.reason.starts_with(&unknown.to_string()), "{}", err.reason);
     }
 }

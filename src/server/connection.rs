@@ -450,8 +450,9 @@ async fn writer(handle: Arc<ConnHandle>, mut write: OwnedWriteHalf) {
                 _ = handle.closing.cancelled() => break,
                 written = write.write_buf(&mut buf) => match written {
                     Ok(0) | Err(_) => {
-                        // The peer is gone: close, so the hub stops queueing for it.
+                        // The peer is gone: close, and refuse what the hub offers from now on.
                         handle.close(None, CloseMode::Abort);
+                        handle.shut();
                         return;
                     }
                     Ok(_) => {}

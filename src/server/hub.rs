@@ -70,7 +70,8 @@ pub(super) async fn run(
             },
             _ = tick.tick() => {
                 if trimmer.tick(queued) {
-                    tracing::debug!(queued, "gave free memory back after a burst");
+                    tracing::debug!(queued, "giving free memory back after a burst");
+                    tokio::task::spawn_blocking(super::memory::release_free_memory);
                 }
                 Some(HubMsg::Input(Input::Tick))
             }

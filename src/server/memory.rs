@@ -24,7 +24,7 @@ pub struct Trimmer {
 
 impl Trimmer {
     /// Called once a tick with the total of frames queued so far; returns
-    /// whether it trimmed.
+    /// whether to trim now ([`release_free_memory`]).
     pub fn tick(&mut self, queued_total: u64) -> bool {
         let this_tick = queued_total.saturating_sub(self.at_last_tick);
         self.at_last_tick = queued_total;
@@ -33,13 +33,13 @@ impl Trimmer {
             return false;
         }
         self.since_trim = 0;
-        release_free_memory();
         true
     }
 }
 
-/// Returns free heap pages to the OS (glibc only; elsewhere a no-op).
-fn release_free_memory() {
+/// Returns free heap pages to the OS (glibc only; elsewhere a no-op). It
+/// walks the heap: call it off the async workers (`spawn_blocking`).
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
     unsafe {
