@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{gather, write_message, Clock, Errors, Progress, Recorder};
+use super::stats::{gather, settle, write_message, Clock, Errors, Progress, Recorder};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
 
 /// The subject, channel or IRC channel every scenario uses.
@@ -214,6 +214,24 @@ impl Conn {
         .map_err(|_| BenchError::Setup(format!("{name}: handshake timed out")))?
     }
 
+    /// Handles every complete unit buffered: pings are answered (in one
+    /// write), anything else goes to `on` with the buffer its ranges index.
+    async fn handle_buffered(&mut self, mut on: impl FnMut(&[u8], Event)) -> Result<(), BenchError> {
+        let mut pongs = Vec::new();
+        while let Some((used, event)) = parse(self.protocol, &self.buf) {
+            match event {
+                Event::Ping(pong) => pongs.extend_from_slice(&pong),
+                other => on(&self.buf, other),
+            }
+            self.buf.advance(used);
+        }
+        if pongs.is_empty() {
+            Ok(())
+        } else {
+            self.send(&pongs).await
+        }
+    }
+
     async fn subscribe(&mut self) -> Result<(), BenchError> {
         let command = match self.protocol {
             Protocol::Nats => format!("SUB {TOPIC} 1\r\nPING\r\n"),
@@ -289,7 +307,6 @@ pub async fn fanout(
         let (stop, windows, progress, errors) = (stop.clone(), windows.clone(), progress.clone(), errors.clone());
         subs.push(tokio::spawn(async move {
             let mut rec = Recorder::default();
-            let mut pongs = Vec::new();
             loop {
                 let read = tokio::select! {
                     biased;
@@ -300,31 +317,24 @@ pub async fn fanout(
                     break;
                 }
                 let now = clock.now_ns();
-                while let Some((used, event)) = parse(protocol, &conn.buf) {
-                    match event {
-                        Event::Message(range) => {
-                            let stamp = rec.delivered(&conn.buf[range], now);
-                            progress.delivered();
-                            // The first subscriber frees its publisher's window (closed loop).
-                            if let (0, Some(stamp)) = (i, stamp) {
-                                rec.completed(stamp.sent_ns, now);
-                                progress.complete();
-                                if let Some(w) = windows.get(stamp.publisher as usize) {
-                                    w.add_permits(1);
-                                }
+                let handled = conn.handle_buffered(|buf, event| match event {
+                    Event::Message(range) => {
+                        let stamp = rec.delivered(&buf[range], now);
+                        progress.delivered();
+                        // The first subscriber frees its publisher's window (closed loop).
+                        if let (0, Some(stamp)) = (i, stamp) {
+                            rec.completed(stamp.sent_ns, now);
+                            progress.complete();
+                            if let Some(w) = windows.get(stamp.publisher as usize) {
+                                w.add_permits(1);
                             }
                         }
-                        Event::Ping(pong) => pongs.extend_from_slice(&pong),
-                        Event::Error(e) => errors.record(format!("{}: {e}", protocol.name())),
-                        _ => {}
                     }
-                    conn.buf.advance(used);
-                }
-                if !pongs.is_empty() {
-                    if conn.send(&pongs).await.is_err() {
-                        break;
-                    }
-                    pongs.clear();
+                    Event::Error(e) => errors.record(format!("{}: {e}", protocol.name())),
+                    _ => {}
+                });
+                if handled.await.is_err() {
+                    break;
                 }
             }
             rec
@@ -378,19 +388,9 @@ pub async fn fanout(
                 if conn.send(&out).await.is_err() {
                     break;
                 }
-                // Replies (redis' subscriber counts, pings) are read and dropped.
+                // Replies (redis' subscriber counts) are read and dropped, pings answered.
                 while let Some(Ok(n)) = conn.stream.read_buf(&mut conn.buf).now_or_never() {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut pongs = Vec::new();
-                    while let Some((used, event)) = parse(protocol, &conn.buf) {
-                        if let Event::Ping(p) = event {
-                            pongs.extend_from_slice(&p);
-                        }
-                        conn.buf.advance(used);
-                    }
-                    if !pongs.is_empty() && conn.send(&pongs).await.is_err() {
+                    if n == 0 || conn.handle_buffered(|_, _| {}).await.is_err() {
                         break;
                     }
                 }
@@ -407,10 +407,7 @@ pub async fn fanout(
         held.push(p.await.map_err(|e| BenchError::Setup(e.to_string()))?);
     }
     let expected = sent.load(Ordering::Relaxed) * params.members as u64;
-    let drain_start = std::time::Instant::now();
-    while progress.deliveries.load(Ordering::Relaxed) < expected && drain_start.elapsed() < params.drain {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(std::time::Instant::now(), params.drain, || progress.deliveries.load(Ordering::Relaxed) < expected).await;
     let elapsed_ns = clock.now_ns() - started;
     stop.cancel();
     let rec = gather(subs).await?;
@@ -474,14 +471,8 @@ pub async fn idle(
                     _ = hold.cancelled() => break,
                     r = conn.stream.read_buf(&mut conn.buf) => r,
                 };
-                if !matches!(read, Ok(n) if n > 0) {
+                if !matches!(read, Ok(n) if n > 0) || conn.handle_buffered(|_, _| {}).await.is_err() {
                     break;
-                }
-                while let Some((used, event)) = parse(protocol, &conn.buf) {
-                    conn.buf.advance(used);
-                    if let Event::Ping(pong) = event {
-                        let _ = conn.send(&pong).await;
-                    }
                 }
             }
             open.fetch_sub(1, Ordering::Relaxed);

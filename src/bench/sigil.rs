@@ -13,9 +13,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::stats::{gather, read_stamp, write_message, Clock, Errors, Progress, Recorder, Stamp};
+use super::stats::{gather, read_stamp, settle, write_message, Clock, Errors, Progress, Recorder, Stamp};
 use super::{BenchError, FanoutParams, LoadShape, Measured};
-use crate::client::agent::{group_commits, MAX_IDS_PER_FRAME};
+use crate::client::agent::{batched_acks, batched_commits, MAX_IDS_PER_FRAME};
 use crate::client::{Client, ClientReader, ClientWriter, ConnectOptions, Credentials};
 use crate::proto::{Body, Command, ServerEvent};
 use crate::wire::Frame;
@@ -201,8 +201,8 @@ impl Member {
         }
         self.to_ack_since = None;
         if self.params.batch {
-            for chunk in self.to_ack.chunks(MAX_IDS_PER_FRAME) {
-                self.writer.queue(Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() });
+            for command in batched_acks(&self.to_ack) {
+                self.writer.queue(command);
             }
         } else {
             for &id in &self.to_ack {
@@ -232,10 +232,8 @@ impl Member {
             .filter_map(|id| self.pending.remove(&id).map(|p| (id, p.recipients as usize / 2 + 1, p.acks)))
             .collect();
         if self.params.batch {
-            for (ids, acks) in group_commits(&ready) {
-                for chunk in ids.chunks(MAX_IDS_PER_FRAME) {
-                    self.writer.queue(Command::ChCommit { id: chunk[0], acks: acks.clone(), ids: chunk[1..].to_vec() });
-                }
+            for command in batched_commits(&ready) {
+                self.writer.queue(command);
             }
         } else {
             for (id, need, acks) in ready {
@@ -436,13 +434,9 @@ pub async fn fanout(
     let published_ns = run.clock.now_ns() - started;
     // Drain: wait for every sent message to commit, within a bound.
     let drain_start = std::time::Instant::now();
-    while run.inflight.load(Ordering::Acquire) > 0 && drain_start.elapsed() < params.drain {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(drain_start, params.drain, || run.inflight.load(Ordering::Acquire) > 0).await;
     let expected = run.sent.load(Ordering::Relaxed) * params.members as u64;
-    while run.progress.deliveries.load(Ordering::Relaxed) < expected && drain_start.elapsed() < params.drain {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(drain_start, params.drain, || run.progress.deliveries.load(Ordering::Relaxed) < expected).await;
     let elapsed_ns = run.clock.now_ns() - started;
     run.stop.cancel();
     let rec = gather(tasks).await?;
@@ -549,10 +543,7 @@ pub async fn private(
     let started = clock.now_ns();
     tokio::time::sleep(params.duration).await;
     publish_end.cancel();
-    let drain_start = std::time::Instant::now();
-    while unacked.load(Ordering::Acquire) > 0 && drain_start.elapsed() < params.drain {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(std::time::Instant::now(), params.drain, || unacked.load(Ordering::Acquire) > 0).await;
     let elapsed_ns = clock.now_ns() - started;
     stop.cancel();
     let rec = gather(tasks).await?;

@@ -175,6 +175,13 @@ impl Recorder {
     }
 }
 
+/// Waits while `busy()` holds (the last deliveries of a run), until `limit` after `start`.
+pub async fn settle(start: Instant, limit: std::time::Duration, mut busy: impl FnMut() -> bool) {
+    while busy() && start.elapsed() < limit {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for a run's tasks and merges their records.
 pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Recorder>>) -> Result<Recorder, super::BenchError> {
     let mut rec = Recorder::default();

@@ -83,6 +83,24 @@ pub fn group_commits(ready: &[(Ulid, usize, BTreeSet<Ulid>)]) -> Vec<(Vec<Ulid>,
     groups.into_iter().map(|(ids, need, common)| (ids, common.into_iter().take(need.max(1)).collect())).collect()
 }
 
+/// The `ACK_CH_MSG`s that acknowledge `ids` in the batched form (PROTOCOL.md
+/// §7.9), at most [`MAX_IDS_PER_FRAME`] ids each.
+pub fn batched_acks(ids: &[Ulid]) -> impl Iterator<Item = Command> + '_ {
+    ids.chunks(MAX_IDS_PER_FRAME).map(|chunk| Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() })
+}
+
+/// The `CH_COMMIT`s of messages ready to commit (as [`group_commits`] takes
+/// them) in the batched form, at most [`MAX_IDS_PER_FRAME`] ids each.
+pub fn batched_commits(ready: &[(Ulid, usize, BTreeSet<Ulid>)]) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (ids, acks) in group_commits(ready) {
+        for chunk in ids.chunks(MAX_IDS_PER_FRAME) {
+            out.push(Command::ChCommit { id: chunk[0], acks: acks.clone(), ids: chunk[1..].to_vec() });
+        }
+    }
+    out
+}
+
 /// A refused or unanswered commit is tried again after this long (ms).
 pub const COMMIT_RETRY_MS: u64 = 500;
 
@@ -292,17 +310,10 @@ impl Agent {
         }
         let mut batches: Vec<(usize, Command)> = Vec::new();
         if let Some(at) = ack_at {
-            for chunk in acks.chunks(MAX_IDS_PER_FRAME) {
-                batches.push((at, Command::AckChMsg { id: chunk[0], ids: chunk[1..].to_vec() }));
-            }
+            batches.extend(batched_acks(&acks).map(|c| (at, c)));
         }
         if let Some(at) = commit_at {
-            for (ids, acks) in group_commits(&commits) {
-                for chunk in ids.chunks(MAX_IDS_PER_FRAME) {
-                    let command = Command::ChCommit { id: chunk[0], acks: acks.clone(), ids: chunk[1..].to_vec() };
-                    batches.push((at, command));
-                }
-            }
+            batches.extend(batched_commits(&commits).into_iter().map(|c| (at, c)));
         }
         // Inserted back to front, so earlier positions stay right.
         batches.sort_by_key(|(at, _)| *at);

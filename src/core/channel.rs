@@ -147,6 +147,12 @@ pub struct ChannelLimits {
 const APPEND_OVERHEAD: usize = 96;
 /// Bytes one ack adds to a history entry (a 26-character id as msgpack str).
 const ACK_BYTES: usize = 27;
+/// How many message ids fit a batched frame (PROTOCOL.md §7.9) beside `acks`
+/// user ids, within `max_payload`.
+pub fn ids_per_frame(max_payload: usize, acks: usize) -> usize {
+    (max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
+}
+
 /// Largest step from one election number to the next: keeps one member from
 /// using up the number space (and so all future elections) with one CH_LEAD.
 pub const MAX_ELECTION_STEP: u64 = 1 << 32;
@@ -673,11 +679,6 @@ impl Channel {
         Ok(())
     }
 
-    /// How many message ids fit a batched frame beside `acks` acks, within `max_payload`.
-    fn ids_per_frame(&self, acks: usize) -> usize {
-        (self.limits.max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
-    }
-
     /// Removes a merge awaiting confirmation, keeping the byte count right.
     fn take_merge(&mut self, msg_id: &Ulid) -> Option<Merge> {
         let m = self.merges.remove(msg_id)?;
@@ -713,7 +714,9 @@ impl Channel {
             }
             match entry.remove() {
                 Announcement::Commit { msg_id, acks } => match &mut run {
-                    Some((a, ids)) if *a == acks && ids.len() < self.ids_per_frame(a.len()) => ids.push(msg_id),
+                    Some((a, ids)) if *a == acks && ids.len() < ids_per_frame(self.limits.max_payload, a.len()) => {
+                        ids.push(msg_id)
+                    }
                     _ => {
                         if let Some(done) = run.replace((acks, vec![msg_id])) {
                             self.announce_commits(done, out);

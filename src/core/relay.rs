@@ -840,7 +840,7 @@ impl Relay {
                 }
             }
             for (users, ids) in groups {
-                let per_frame = (self.limits.max_payload.saturating_sub(96 + 27 * users.len()) / 27).max(1);
+                let per_frame = super::channel::ids_per_frame(self.limits.max_payload, users.len());
                 for chunk in ids.chunks(per_frame) {
                     let frame = Outbound::event(&ChMsgAck {
                         id: chunk[0],
