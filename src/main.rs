@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use sigil::client::{tools, Credentials};
-use sigil::core::config as defaults;
-use sigil::core::Limits;
-use sigil::server::{self, Config};
-use sigil::store::{Store, StoredAccount};
-use sigil::wire::FrameCodec;
+use sigil_client::{tools, Credentials};
+use sigil_core::config as defaults;
+use sigil_core::Limits;
+use sigil_proto::wire::FrameCodec;
+use sigil_server::store::{Store, StoredAccount};
+use sigil_server::{self as server, Config};
 
 /// A relay server for a small, strict, signed chat protocol over raw TCP.
 #[derive(Parser)]
@@ -52,11 +52,11 @@ enum Cmd {
         #[arg(long)]
         cred: Option<PathBuf>,
         /// Largest payload accepted.
-        #[arg(long, default_value_t = 4 * sigil::wire::codec::DEFAULT_MAX_PAYLOAD)]
+        #[arg(long, default_value_t = 4 * sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD)]
         max_payload: usize,
     },
     /// Load generator: sigil and peers side by side (see bench/README.md).
-    Bench(sigil::bench::BenchArgs),
+    Bench(sigil_bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -80,7 +80,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = defaults::DEFAULT_SKEW_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     skew_s: u64,
     /// Largest accepted payload (bytes).
-    #[arg(long, default_value_t = sigil::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(512..=16_777_216))]
+    #[arg(long, default_value_t = sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(512..=16_777_216))]
     max_payload: usize,
     /// Lifetime of an unacknowledged message (seconds).
     #[arg(long, default_value_t = defaults::DEFAULT_PENDING_TTL_S, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
@@ -232,7 +232,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Account(cmd) => account(cmd),
         Cmd::Client { addr, cred } => {
             let cred = Credentials::load(&cred)?;
-            runtime()?.block_on(sigil::client::terminal::run(&addr, &cred))?;
+            runtime()?.block_on(sigil_client::terminal::run(&addr, &cred))?;
             Ok(())
         }
         Cmd::Frame { cred, command, json } => {
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
             runtime()?.block_on(decode(cred, max_payload))
         }
-        Cmd::Bench(args) => Ok(sigil::bench::run(args)?),
+        Cmd::Bench(args) => Ok(sigil_bench::run(args)?),
     }
 }
 

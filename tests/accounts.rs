@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use sigil::client::Credentials;
-use sigil::proto::{Command, ErrorCode, ServerEvent};
-use sigil::store::Store;
+use sigil_client::Credentials;
+use sigil_proto::{Command, ErrorCode, ServerEvent};
+use sigil_server::store::Store;
 
 #[tokio::test]
 async fn account_added_and_removed_while_running() {
@@ -21,7 +21,7 @@ async fn account_added_and_removed_while_running() {
     assert_eq!((added.id, added.name.as_str(), added.status.as_str()), (carol.id, "carol", "offline"));
     // carol can connect at once.
     let carol_cred = Credentials { id: carol.id, name: carol.name.clone(), key: carol.key.clone() };
-    let _carol = sigil::client::Client::connect(ts.addr, &carol_cred).await.expect("new account connects");
+    let _carol = sigil_client::Client::connect(ts.addr, &carol_cred).await.expect("new account connects");
 
     // bob is removed: his session is closed, everyone else learns it.
     Store::open(&ts.db()).unwrap().remove_account("bob").unwrap();
@@ -48,9 +48,9 @@ async fn rotated_key_closes_the_session_and_only_the_new_key_works() {
     assert_eq!(code(&e), ErrorCode::AuthFailed);
     closed(&mut alice).await;
     let old = ts.user("alice");
-    assert!(sigil::client::Client::connect(ts.addr, &old).await.is_err());
+    assert!(sigil_client::Client::connect(ts.addr, &old).await.is_err());
     let new = Credentials { key: rotated.key, ..old };
-    sigil::client::Client::connect(ts.addr, &new).await.expect("the new key works");
+    sigil_client::Client::connect(ts.addr, &new).await.expect("the new key works");
 }
 
 #[tokio::test]

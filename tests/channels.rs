@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use sigil::client::Client;
-use sigil::proto::command::MergedMessage;
-use sigil::proto::event::{ChStatus, HistoryEntry};
-use sigil::proto::{Body, Command, ErrorCode, ServerEvent};
+use sigil_client::Client;
+use sigil_proto::command::MergedMessage;
+use sigil_proto::event::{ChStatus, HistoryEntry};
+use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
 use ulid::Ulid;
 
 fn status_of(ev: ServerEvent) -> Option<ChStatus> {
@@ -18,7 +18,7 @@ fn status_of(ev: ServerEvent) -> Option<ChStatus> {
     }
 }
 
-async fn err_of(c: &mut Client) -> sigil::proto::event::ErrPayload {
+async fn err_of(c: &mut Client) -> sigil_proto::event::ErrPayload {
     until(c, |ev| if let ServerEvent::Err(e) = ev { Some(e) } else { None }).await
 }
 
@@ -381,7 +381,7 @@ async fn leaving_and_account_removal_update_members() {
     let s = until(&mut b, |ev| status_of(ev).filter(|s| s.online == 2)).await;
     assert_eq!(s.leader, None);
     // carol's account is removed: bob sees her leave the channel.
-    sigil::store::Store::open(&ts.db()).unwrap().remove_account("carol").unwrap();
+    sigil_server::store::Store::open(&ts.db()).unwrap().remove_account("carol").unwrap();
     let u = until(&mut b, |ev| if let ServerEvent::ChUleave(u) = ev { Some(u) } else { None }).await;
     assert_eq!(u.user, ci);
     closed(&mut c).await;
@@ -439,7 +439,7 @@ async fn a_msg_id_live_in_one_channel_cannot_be_taken_by_another() {
 async fn batched_acks_and_commits_reach_batching_sessions_as_one_frame_and_others_one_per_message() {
     let ts = TestServer::start(&["alice", "bob", "carol"], |_| {}).await;
     // alice (the leader) asks for batches; bob and carol do not.
-    let batch = sigil::client::ConnectOptions { batch: true, ..Default::default() };
+    let batch = sigil_client::ConnectOptions { batch: true, ..Default::default() };
     let mut a = Client::connect_with(ts.addr, &ts.user("alice"), batch).await.unwrap();
     let (mut b, mut c) = (ts.connect("bob").await, ts.connect("carol").await);
     let (bi, ci) = (b.credentials.id, c.credentials.id);

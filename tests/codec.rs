@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use sigil::wire::{encode_frame, Frame, FrameCodec, OutFrame};
+use sigil_proto::wire::{encode_frame, Frame, FrameCodec, OutFrame};
 use tokio_util::codec::Decoder;
 
 const MAX: usize = 1024;
@@ -46,7 +46,7 @@ fn encode(specs: &[Spec], crlf_blank: bool) -> Vec<u8> {
 
 /// Decodes `chunks` fed one after another, then EOF; a fault as its wire code.
 fn decode_chunks(chunks: &[&[u8]]) -> (Vec<Frame>, Option<String>) {
-    let (frames, fault) = sigil::fuzzing::decode_chunks(MAX, chunks.iter().copied());
+    let (frames, fault) = sigil_fuzzing::decode_chunks(MAX, chunks.iter().copied());
     (frames, fault.map(|too_large| if too_large { "too_large" } else { "bad_frame" }.to_owned()))
 }
 

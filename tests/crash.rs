@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use common::ServerProcess;
 use rand::{Rng, SeedableRng};
-use sigil::client::{Client, Credentials};
-use sigil::proto::{Body, Command, ServerEvent};
-use sigil::store::Store;
+use sigil_client::{Client, Credentials};
+use sigil_proto::{Body, Command, ServerEvent};
+use sigil_server::store::Store;
 use ulid::Ulid;
 
 const ROUNDS: u64 = 4;
@@ -92,7 +92,7 @@ async fn commits_survive_sigkill_at_random_points() {
         ["alice", "bob", "carol"]
             .iter()
             .map(|n| {
-                let a = store.add_account(n, sigil::server::now_unix()).unwrap();
+                let a = store.add_account(n, sigil_server::now_unix()).unwrap();
                 Credentials { id: a.id, name: a.name, key: a.key }
             })
             .collect()

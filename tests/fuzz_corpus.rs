@@ -35,28 +35,28 @@ fn random(run: fn(&[u8]), n: usize, max_len: usize) {
 
 #[test]
 fn frame_decoder_corpus_replays_clean() {
-    let n = replay("frame_decoder", sigil::fuzzing::frame_decoder);
+    let n = replay("frame_decoder", sigil_fuzzing::frame_decoder);
     assert!(n >= 5, "the committed corpus is missing ({n} files)");
-    random(sigil::fuzzing::frame_decoder, 2_000, 600);
+    random(sigil_fuzzing::frame_decoder, 2_000, 600);
 }
 
 #[test]
 fn payloads_corpus_replays_clean() {
-    let n = replay("payloads", sigil::fuzzing::payloads);
+    let n = replay("payloads", sigil_fuzzing::payloads);
     assert!(n >= 5, "the committed corpus is missing ({n} files)");
-    random(sigil::fuzzing::payloads, 5_000, 300);
+    random(sigil_fuzzing::payloads, 5_000, 300);
 }
 
 #[test]
 fn session_corpus_replays_clean() {
-    let n = replay("session", sigil::fuzzing::session);
+    let n = replay("session", sigil_fuzzing::session);
     assert!(n >= 3, "the committed corpus is missing ({n} files)");
-    random(sigil::fuzzing::session, 2_000, 2_000);
+    random(sigil_fuzzing::session, 2_000, 2_000);
 }
 
 #[test]
 fn the_reference_parser_agrees_on_the_examples() {
-    use sigil::fuzzing::reference_parse;
+    use sigil_fuzzing::reference_parse;
     assert_eq!(reference_parse(b"INFO\n0\n\n", 10).0.len(), 1);
     assert!(reference_parse(b"INFO\n11\n\n", 10).1);
     assert!(reference_parse(b"info\n0\n\n", 10).1);

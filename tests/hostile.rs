@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use sigil::proto::ErrorCode;
+use sigil_proto::ErrorCode;
 
 async fn assert_still_serving(ts: &TestServer) {
     let mut raw = ts.raw().await;
@@ -73,6 +73,6 @@ async fn truncated_frame_then_close_harms_nobody() {
         raw.send(b"CNN\n500\n").await;
         // Dropped mid-frame.
     }
-    alice.send(sigil::proto::Command::LstUsr).await.unwrap();
-    assert!(matches!(next(&mut alice).await, sigil::proto::ServerEvent::UsrLst(_)));
+    alice.send(sigil_proto::Command::LstUsr).await.unwrap();
+    assert!(matches!(next(&mut alice).await, sigil_proto::ServerEvent::UsrLst(_)));
 }

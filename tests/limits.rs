@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sigil::proto::command::MergedMessage;
-use sigil::proto::{Body, Command, ErrorCode, ServerEvent};
+use sigil_proto::command::MergedMessage;
+use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
 use ulid::Ulid;
 
-async fn err_of(c: &mut sigil::client::Client) -> sigil::proto::event::ErrPayload {
+async fn err_of(c: &mut sigil_client::Client) -> sigil_proto::event::ErrPayload {
     until(c, |ev| if let ServerEvent::Err(e) = ev { Some(e) } else { None }).await
 }
 
@@ -93,7 +93,7 @@ async fn frames_per_second_are_limited_and_a_flood_is_closed() {
     while let Some(f) = raw.frame().await {
         last = Some(f);
     }
-    let e: sigil::proto::event::ErrPayload = rmp_serde::from_slice(&last.unwrap().payload).unwrap();
+    let e: sigil_proto::event::ErrPayload = rmp_serde::from_slice(&last.unwrap().payload).unwrap();
     assert_eq!(e.code, "rate_limited");
     // bob is unaffected.
     let mut bob = ts.connect("bob").await;

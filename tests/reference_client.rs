@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use sigil::proto::{Body, Command, ServerEvent};
+use sigil_proto::{Body, Command, ServerEvent};
 use ulid::Ulid;
 
 #[tokio::test]

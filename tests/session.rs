@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use sigil::proto::event::Sinfo;
-use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
+use sigil_proto::event::Sinfo;
+use sigil_proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn wrong_key_and_unknown_id_fail_identically() {
     let ts = TestServer::start(&["alice"], |_| {}).await;
     let alice = ts.user("alice");
     let mut wrong_key = alice.clone();
-    wrong_key.key = sigil::wire::SecretKey::generate();
+    wrong_key.key = sigil_proto::wire::SecretKey::generate();
     let mut unknown = alice.clone();
     unknown.id = ulid::Ulid::new();
     let mut answers = Vec::new();
@@ -190,11 +190,11 @@ async fn payload_errors_and_unknown_commands_are_not_fatal() {
     let (_, e) = raw.expect_err().await;
     assert_eq!(e.code, "bad_payload");
     // A map without the required field: ref is the nonce.
-    let payload = rmp_serde::to_vec_named(&sigil::proto::Envelope { nonce: 42, timestamp: now() }).unwrap();
+    let payload = rmp_serde::to_vec_named(&sigil_proto::Envelope { nonce: 42, timestamp: now() }).unwrap();
     raw.send(&signed_raw(&alice, "PV_MSG", &payload)).await;
     let (_, e) = raw.expect_err().await;
     assert_eq!((e.code.as_str(), e.nonce_ref), ("bad_payload", Some(42)));
-    let payload = rmp_serde::to_vec_named(&sigil::proto::Envelope { nonce: 43, timestamp: now() }).unwrap();
+    let payload = rmp_serde::to_vec_named(&sigil_proto::Envelope { nonce: 43, timestamp: now() }).unwrap();
     raw.send(&signed_raw(&alice, "FROBNICATE", &payload)).await;
     let (_, e) = raw.expect_err().await;
     assert_eq!((e.code.as_str(), e.nonce_ref), ("unknown_command", Some(43)));
@@ -232,7 +232,7 @@ async fn a_user_list_larger_than_max_payload_comes_in_pages() {
     let ts = TestServer::start(&refs, |c| c.limits.max_payload = 300).await;
     let mut clients = Vec::new();
     for n in &refs {
-        clients.push(sigil::client::Client::connect_with_max_payload(ts.addr, &ts.user(n), 300).await.unwrap());
+        clients.push(sigil_client::Client::connect_with_max_payload(ts.addr, &ts.user(n), 300).await.unwrap());
     }
     let me = &mut clients[0];
     me.send(Command::LstUsr).await.unwrap();
@@ -319,7 +319,7 @@ async fn an_unauthenticated_info_flood_is_a_slow_consumer() {
     let mut saw = false;
     while let Some(f) = raw.frame().await {
         if f.command.as_str() == "ERR" {
-            let e: sigil::proto::event::ErrPayload = rmp_serde::from_slice(&f.payload).unwrap();
+            let e: sigil_proto::event::ErrPayload = rmp_serde::from_slice(&f.payload).unwrap();
             saw |= e.code == "slow_consumer";
         }
     }

@@ -27,11 +27,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sigil::core::relay::{ConnId, Effect, Input, Relay};
-use sigil::core::{durable_marks, ChannelSnapshot, Limits, StoreOp};
-use sigil::proto::command::MergedMessage;
-use sigil::proto::event::HistoryEntry;
-use sigil::proto::{Body, Command, Envelope, Request, ServerEvent};
+use sigil_core::relay::{ConnId, Effect, Input, Relay};
+use sigil_core::{durable_marks, ChannelSnapshot, Limits, StoreOp};
+use sigil_proto::command::MergedMessage;
+use sigil_proto::event::HistoryEntry;
+use sigil_proto::{Body, Command, Envelope, Request, ServerEvent};
 use ulid::Ulid;
 
 const STEPS: usize = 250;
@@ -194,7 +194,7 @@ impl Sim {
                     }
                     self.queue.push(op);
                 }
-                Effect::Pull(sigil::core::PullRequest { conn, channel, anchor, after_seq, limit, .. }) => {
+                Effect::Pull(sigil_core::PullRequest { conn, channel, anchor, after_seq, limit, .. }) => {
                     let entries: Vec<HistoryEntry> =
                         self.durable_history.iter().skip(after_seq as usize).take(limit).cloned().collect();
                     let more = self.durable_history.len() > after_seq as usize + entries.len();

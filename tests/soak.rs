@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::{signed, Peer, Raw, ServerProcess};
 use rand::{Rng, SeedableRng};
-use sigil::client::Credentials;
-use sigil::proto::{Body, Command, ServerEvent};
-use sigil::store::Store;
+use sigil_client::Credentials;
+use sigil_proto::{Body, Command, ServerEvent};
+use sigil_server::store::Store;
 use tokio::io::AsyncWriteExt;
 use ulid::Ulid;
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use sigil::proto::{Body, Command, ErrorCode, ServerEvent};
+use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
 use ulid::Ulid;
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn a_reader_that_never_reads_is_dropped_while_others_keep_receiving() {
     let mut saw_slow_consumer = false;
     while let Some(f) = stuck.frame().await {
         if f.command.as_str() == "ERR" {
-            let e: sigil::proto::event::ErrPayload = rmp_serde::from_slice(&f.payload).unwrap();
+            let e: sigil_proto::event::ErrPayload = rmp_serde::from_slice(&f.payload).unwrap();
             saw_slow_consumer |= e.code == "slow_consumer";
         }
     }

@@ -5,7 +5,7 @@
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha3::Sha3_512;
-use sigil::wire::SecretKey;
+use sigil_proto::wire::SecretKey;
 
 #[derive(Deserialize)]
 struct FrameVector {

@@ -1,7 +1,7 @@
 //! Fuzzes `FrameCodec` with arbitrary bytes fed in arbitrary chunks; the body
-//! lives in `sigil::fuzzing` so the corpus also replays on stable.
+//! lives in `sigil_fuzzing` so the corpus also replays on stable.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| sigil::fuzzing::frame_decoder(data));
+fuzz_target!(|data: &[u8]| sigil_fuzzing::frame_decoder(data));

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use sigil::client::agent::Agent;
-use sigil::client::{Client, ConnectOptions, Credentials};
-use sigil::proto::event::ErrPayload;
-use sigil::proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
-use sigil::server::{self, Config, RunningServer};
-use sigil::store::Store;
-use sigil::wire::{encode_frame, Frame, FrameCodec, OutFrame};
+use sigil_client::agent::Agent;
+use sigil_client::{Client, ConnectOptions, Credentials};
+use sigil_proto::event::ErrPayload;
+use sigil_proto::wire::{encode_frame, Frame, FrameCodec, OutFrame};
+use sigil_proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
+use sigil_server::store::Store;
+use sigil_server::{self as server, Config, RunningServer};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -241,7 +241,7 @@ impl Raw {
 pub fn signed(cred: &Credentials, command: Command, nonce: u64, timestamp: u64) -> Vec<u8> {
     let mut buf = BytesMut::new();
     let request = Request { envelope: Envelope { nonce, timestamp }, command };
-    sigil::client::write_request(Some(&cred.key.mac()), &request, &mut buf);
+    sigil_client::write_request(Some(&cred.key.mac()), &request, &mut buf);
     buf.to_vec()
 }
 

@@ -1,0 +1,231 @@
+//! The client library: connect, authenticate, send typed commands, receive
+//! typed events with their tags verified. The tests and `sigil client` use
+//! it; `tools` holds the `frame`/`decode` helpers.
+
+pub mod agent;
+pub mod credentials;
+pub mod terminal;
+pub mod tools;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::FramedRead;
+
+pub use credentials::Credentials;
+
+use sigil_proto::event::ErrPayload;
+use sigil_proto::wire::{Frame, FrameCodec, FrameError, FrameMac};
+use sigil_proto::{Command, Envelope, Request, ServerEvent};
+
+/// A client-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server sent bytes that are not a frame.
+    #[error("bad frame from server: {0}")]
+    Frame(#[from] FrameError),
+    /// A frame's tag is missing or wrong: the peer does not know our key, or the frame was altered.
+    #[error("frame {0} from server has a bad or missing signature")]
+    BadTag(String),
+    /// A payload does not match its command.
+    #[error("{0}")]
+    Event(#[from] sigil_proto::event::EventError),
+    /// The server answered CNN with an error.
+    #[error("server refused: {} ({})", .0.code, .0.reason)]
+    Refused(ErrPayload),
+    /// The server closed the connection.
+    #[error("connection closed by server")]
+    Closed,
+}
+
+/// A fresh nonce: random over the whole u64 range.
+pub fn new_nonce() -> u64 {
+    rand::random()
+}
+
+/// Builds one signed frame (or an unsigned one without a MAC).
+pub fn encode_request(mac: Option<&FrameMac>, command: Command, now: u64, buf: &mut BytesMut) -> u64 {
+    let nonce = new_nonce();
+    write_request(mac, &Request { envelope: Envelope { nonce, timestamp: now }, command }, buf);
+    nonce
+}
+
+pub use sigil_proto::command::write_request;
+
+/// The receiving half of a connection.
+pub struct ClientReader {
+    framed: FramedRead<OwnedReadHalf, FrameCodec>,
+    mac: FrameMac,
+    /// Set once our own UCNN arrived; from then on every frame must be signed.
+    authenticated: bool,
+    /// Tags are checked unless a load generator turned it off (see [`ClientReader::trust_tags`]).
+    verify: bool,
+}
+
+impl ClientReader {
+    /// The next event, its tag verified. `Ok(None)` on a clean close.
+    /// An unsigned `ERR` is accepted only before our own `UCNN`: the server
+    /// sends those before authentication, and only then.
+    pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        let Some(frame) = self.recv_frame().await? else { return Ok(None) };
+        Ok(Some(ServerEvent::decode(frame.command.as_str(), &frame.payload)?))
+    }
+
+    /// The next frame with its tag checked, not decoded: for a caller that
+    /// decodes only the fields it needs (the load generator's hot path).
+    pub async fn recv_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        let Some(frame) = self.framed.next().await.transpose()? else { return Ok(None) };
+        self.check(&frame)?;
+        if frame.command.as_str() == "UCNN" {
+            self.authenticated = true;
+        }
+        Ok(Some(frame))
+    }
+
+    /// Stops checking tags (a tag must still be present once authenticated).
+    /// Only for a load generator on loopback, whose own CPU must not be what
+    /// it measures: a real client keeps verifying.
+    pub fn trust_tags(&mut self) {
+        self.verify = false;
+    }
+
+    fn check(&self, frame: &Frame) -> Result<(), ClientError> {
+        let command = frame.command.as_str();
+        let valid = match &frame.signature {
+            Some(_) if !self.verify => true,
+            Some(tag) => self.mac.verify(frame.command.as_bytes(), &frame.payload, tag),
+            None => command == "ERR" && !self.authenticated,
+        };
+        if !valid {
+            return Err(ClientError::BadTag(command.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The sending half of a connection.
+pub struct ClientWriter {
+    write: OwnedWriteHalf,
+    mac: FrameMac,
+    buf: BytesMut,
+}
+
+impl ClientWriter {
+    /// Signs and sends a command; returns its nonce.
+    pub async fn send(&mut self, command: Command) -> Result<u64, ClientError> {
+        let nonce = self.queue(command);
+        self.flush().await?;
+        Ok(nonce)
+    }
+
+    /// Signs a command into the send buffer without writing it; [`ClientWriter::flush`]
+    /// then sends everything queued in one write. Returns its nonce.
+    pub fn queue(&mut self, command: Command) -> u64 {
+        encode_request(Some(&self.mac), command, now_unix(), &mut self.buf)
+    }
+
+    /// Writes what [`ClientWriter::queue`] buffered.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.buf.is_empty() {
+            self.write.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// How [`Client::connect_with`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// The server's `max_payload` (PROTOCOL.md §1.3): the largest frame accepted from it.
+    pub max_payload: usize,
+    /// Ask for the batched forms of `CH_MSG_ACK` and `CH_MSG_COMMIT`
+    /// (PROTOCOL.md §7.9); the client must then read their `ids`.
+    pub batch: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { max_payload: sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD, batch: false }
+    }
+}
+
+/// An authenticated connection.
+pub struct Client {
+    /// Receiving half.
+    pub reader: ClientReader,
+    /// Sending half.
+    pub writer: ClientWriter,
+    /// Who we are.
+    pub credentials: Credentials,
+}
+
+impl Client {
+    /// Connects and authenticates; returns once the server confirmed with our own `UCNN`.
+    pub async fn connect(addr: impl ToSocketAddrs, credentials: &Credentials) -> Result<Client, ClientError> {
+        Self::connect_with_max_payload(addr, credentials, sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD).await
+    }
+
+    /// Like [`Client::connect`] for a server with another `max_payload`.
+    pub async fn connect_with_max_payload(
+        addr: impl ToSocketAddrs,
+        credentials: &Credentials,
+        max_payload: usize,
+    ) -> Result<Client, ClientError> {
+        Self::connect_with(addr, credentials, ConnectOptions { max_payload, ..ConnectOptions::default() }).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        credentials: &Credentials,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let ConnectOptions { max_payload, batch } = options;
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mac = credentials.key.mac();
+        // Every server frame fits the server's max_payload (PROTOCOL.md §1.3).
+        let mut reader = ClientReader {
+            framed: FramedRead::new(read, FrameCodec::new(max_payload)),
+            mac: mac.clone(),
+            authenticated: false,
+            verify: true,
+        };
+        let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
+        writer.send(Command::Cnn { id: credentials.id, batch }).await?;
+        match reader.recv().await? {
+            Some(ServerEvent::Ucnn(me)) if me.id == credentials.id => {}
+            Some(ServerEvent::Err(e)) => return Err(ClientError::Refused(e)),
+            Some(_) => return Err(ClientError::BadTag("unexpected first frame".into())),
+            None => return Err(ClientError::Closed),
+        }
+        Ok(Client { reader, writer, credentials: credentials.clone() })
+    }
+
+    /// Signs and sends a command; returns its nonce.
+    pub async fn send(&mut self, command: Command) -> Result<u64, ClientError> {
+        self.writer.send(command).await
+    }
+
+    /// The next verified event; `Ok(None)` on close.
+    pub async fn recv(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        self.reader.recv().await
+    }
+
+    /// Splits into halves that can be used from two tasks.
+    pub fn split(self) -> (ClientReader, ClientWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+/// Unix time in seconds, as requests are stamped (PROTOCOL.md §4).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,208 @@
+//! The hub: one task that owns the [`Relay`] and every connection's handle.
+//!
+//! It feeds the relay its inputs in arrival order and carries out the effects.
+//! Sending to a client never waits: `try_send` on a full queue closes that
+//! connection as a slow consumer, and the relay is told it is gone. Store work
+//! goes to the store thread's bounded queue; when the disk falls behind, the
+//! hub waits for it (backpressure), because store writes cannot be dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection::{CloseMode, ConnHandle, OfferError};
+use super::store_writer::{StoreJob, StoreReply};
+use sigil_core::{ConnId, Effect, Input, Relay};
+use sigil_proto::wire::{sign_many, TAG_LEN};
+use sigil_proto::{ErrorCode, Outbound, ProtoError};
+
+/// A message to the hub.
+#[derive(Debug)]
+pub enum HubMsg {
+    /// A new connection's handle, before any of its input.
+    Register {
+        /// The connection.
+        conn: ConnId,
+        /// Its handle.
+        handle: Arc<ConnHandle>,
+    },
+    /// An input for the relay.
+    Input(Input),
+    /// The reader ends the connection: close it after what the hub queued
+    /// for it so far, with `last` (a fatal `ERR`), and tell the relay.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+        /// The final frame, if any.
+        last: Option<Outbound>,
+    },
+    /// Close every connection with `ERR shutdown`, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(super) async fn run(
+    mut relay: Relay,
+    mut rx: mpsc::Receiver<HubMsg>,
+    store: mpsc::Sender<StoreJob>,
+    mut replies: mpsc::UnboundedReceiver<StoreReply>,
+    stop: tokio_util::sync::CancellationToken,
+    failure: Arc<std::sync::OnceLock<String>>,
+) {
+    let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
+    let mut effects = Vec::new();
+    let mut tags = Vec::new();
+    let (mut queued, mut trimmer) = (0u64, super::memory::Trimmer::default());
+    let mut pending: VecDeque<Input> = VecDeque::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            Some(reply) = replies.recv() => match reply {
+                StoreReply::Input(input) => Some(HubMsg::Input(input)),
+                StoreReply::Failed(error) => {
+                    tracing::error!(%error, "the store failed: shutting down");
+                    let _ = failure.set(format!("the store failed: {error}"));
+                    stop.cancel();
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                if trimmer.tick(queued) {
+                    tracing::debug!(queued, "giving free memory back after a burst");
+                    tokio::task::spawn_blocking(super::memory::release_free_memory);
+                }
+                Some(HubMsg::Input(Input::Tick))
+            }
+        };
+        match msg {
+            None => break,
+            Some(HubMsg::Register { conn, handle }) => {
+                conns.insert(conn, handle);
+            }
+            Some(HubMsg::Shutdown(done)) => {
+                let e = Outbound::error(&ProtoError::new(ErrorCode::Shutdown, "the server is shutting down"));
+                for (_, handle) in conns.drain() {
+                    handle.close(Some(e.clone()), CloseMode::Flush);
+                }
+                let _ = done.send(());
+                break;
+            }
+            Some(HubMsg::Input(input)) => pending.push_back(input),
+            Some(HubMsg::Disconnect { conn, last }) => {
+                // Closed first, so this ERR wins over the relay's own close.
+                if let Some(handle) = conns.remove(&conn) {
+                    handle.close(last, CloseMode::Flush);
+                }
+                pending.push_back(Input::Closed { conn });
+            }
+        }
+        let now = super::now_unix();
+        // Once nothing else waits, the acks the relay gathered go out (§7.9).
+        while let Some(input) =
+            pending.pop_front().or_else(|| (relay.has_gathered_acks() && rx.is_empty()).then_some(Input::Flush))
+        {
+            let (closed, opened) = match &input {
+                Input::Closed { conn } => (Some(*conn), None),
+                Input::Open { conn, .. } => (None, Some(*conn)),
+                _ => (None, None),
+            };
+            relay.step(input, now, &mut effects);
+            if let Some(conn) = closed {
+                conns.remove(&conn);
+            }
+            // Sign only once the relay accepted the CNN (nonce, key revision).
+            if let Some(conn) = opened.filter(|c| relay.account_of(*c).is_some()) {
+                if let Some(handle) = conns.get(&conn) {
+                    handle.accept_mac();
+                }
+            }
+            presign(&effects, &conns, &mut tags);
+            for (effect, tag) in effects.drain(..).zip(tags.drain(..)) {
+                match effect {
+                    Effect::Send { conn, frame } => {
+                        let Some(handle) = conns.get(&conn) else { continue };
+                        match handle.offer(frame, tag) {
+                            Ok(()) => queued += 1,
+                            Err(OfferError::Full) => {
+                                tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
+                                let e = ProtoError::new(
+                                    ErrorCode::SlowConsumer,
+                                    "outbound queue full: you are not reading fast enough",
+                                );
+                                handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
+                                conns.remove(&conn);
+                                pending.push_back(Input::Closed { conn });
+                            }
+                            Err(OfferError::Closed) => {
+                                conns.remove(&conn);
+                                pending.push_back(Input::Closed { conn });
+                            }
+                        }
+                    }
+                    Effect::Store(op) => {
+                        if store.send(StoreJob::Write(op)).await.is_err() {
+                            stop.cancel();
+                        }
+                    }
+                    Effect::Pull(pull) => {
+                        if store.send(StoreJob::Pull(pull)).await.is_err() {
+                            stop.cancel();
+                        }
+                    }
+                    Effect::Close { conn, last } => {
+                        if let Some(handle) = conns.remove(&conn) {
+                            if let Some(last) = &last {
+                                tracing::debug!(conn = conn.0, frame = last.command, "closing");
+                            }
+                            handle.close(last, CloseMode::Flush);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Signs fan-out in bulk: for each run of consecutive sends of one signed
+/// frame (same command and payload bytes) to accepted sessions, computes every
+/// recipient's tag together with the multi-lane MAC. `tags[i]` is the tag of
+/// `effects[i]`, or `None` where the writer is to sign (single frames,
+/// sessions not accepted yet, other effects).
+fn presign(effects: &[Effect], conns: &HashMap<ConnId, Arc<ConnHandle>>, tags: &mut Vec<Option<[u8; TAG_LEN]>>) {
+    tags.clear();
+    tags.resize(effects.len(), None);
+    let same = |a: &Outbound, b: &Outbound| {
+        a.command == b.command && a.payload.as_ptr() == b.payload.as_ptr() && a.payload.len() == b.payload.len()
+    };
+    let mut start = 0;
+    while start < effects.len() {
+        let Effect::Send { frame: first, .. } = &effects[start] else {
+            start += 1;
+            continue;
+        };
+        let run = effects[start..]
+            .iter()
+            .take_while(|e| matches!(e, Effect::Send { frame, .. } if frame.signed && same(frame, first)))
+            .count();
+        if run >= 2 {
+            let mut at = Vec::with_capacity(run);
+            let mut macs = Vec::with_capacity(run);
+            for (i, effect) in effects[start..start + run].iter().enumerate() {
+                if let Effect::Send { conn, .. } = effect {
+                    if let Some(mac) = conns.get(conn).and_then(|h| h.mac()) {
+                        at.push(start + i);
+                        macs.push(mac);
+                    }
+                }
+            }
+            let mut signed = Vec::with_capacity(macs.len());
+            sign_many(&macs, first.command.as_bytes(), &first.payload, &mut signed);
+            for (i, tag) in at.into_iter().zip(signed) {
+                tags[i] = Some(tag);
+            }
+        }
+        start += run.max(1);
+    }
+}

@@ -1,0 +1,403 @@
+//! The I/O shell: listener, connection tasks, the hub, account polling, shutdown.
+//!
+//! Data flows one way: socket → [`connection`] (frames, session) → [`hub`]
+//! (relay core) → connection queues → socket. The store is written by the
+//! [`store_writer`] thread on the core's behalf and polled for account
+//! changes by the account watcher thread.
+
+pub mod connection;
+pub mod hub;
+mod memory;
+pub mod store;
+pub mod store_writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ulid::Ulid;
+
+use crate::store::{Store, StoreError, StoredAccount};
+use hub::HubMsg;
+use sigil_core::{AccountKey, ConnId, Input, Limits, Relay};
+use sigil_proto::Outbound;
+
+/// Default outbound queue length per connection, in frames (the byte bound
+/// below is what bounds memory; this one bounds per-frame overhead).
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
+/// Default outbound queue size per connection, in payload bytes.
+pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Default connections in total.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default connections from one IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Default frames per second per connection (sustained).
+pub const DEFAULT_RATE: f64 = 200.0;
+/// Default frames a connection may send at once.
+pub const DEFAULT_BURST: f64 = 400.0;
+/// Default time from a frame's first byte to its last (s).
+pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
+
+/// Largest LEN accepted before authentication: a CNN is about 100 bytes and
+/// an unsigned INFO's payload is ignored, so a stranger cannot make the
+/// server hold `max_payload` per connection.
+pub const MAX_PAYLOAD_BEFORE_AUTH: usize = 1024;
+/// Store jobs queued before the hub waits for the disk.
+pub const STORE_QUEUE: usize = 65_536;
+/// How often the account table is polled for changes.
+pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything `sigil serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// SQLite database path.
+    pub db: PathBuf,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Outbound queue length per connection (frames).
+    pub outbound_queue: usize,
+    /// Outbound queue size per connection (payload bytes).
+    pub outbound_bytes: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Frames per second per connection.
+    pub rate: f64,
+    /// Frames a connection may send at once.
+    pub burst: f64,
+    /// Time from a frame's first byte to its last (s).
+    pub frame_timeout_s: u64,
+    /// Overrides `frame_timeout_s` with milliseconds (tests).
+    pub frame_timeout_ms: Option<u64>,
+    /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
+    pub cnn_timeout_ms: Option<u64>,
+    /// Overrides `limits.timeout_s` with milliseconds (tests).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl Config {
+    /// A configuration with every default, listening on `addr`, storing in `db`.
+    pub fn new(addr: impl Into<String>, db: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: addr.into(),
+            db: db.into(),
+            limits: Limits::default(),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate: DEFAULT_RATE,
+            burst: DEFAULT_BURST,
+            frame_timeout_s: DEFAULT_FRAME_TIMEOUT_S,
+            frame_timeout_ms: None,
+            cnn_timeout_ms: None,
+            idle_timeout_ms: None,
+        }
+    }
+
+    fn cnn_timeout_ms(&self) -> u64 {
+        self.cnn_timeout_ms.unwrap_or(self.limits.cnn_timeout_s.saturating_mul(1000))
+    }
+
+    fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
+    }
+
+    fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms.unwrap_or(self.frame_timeout_s.saturating_mul(1000)))
+    }
+}
+
+/// A server start failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The account keys readers check CNN against.
+pub type Directory = RwLock<HashMap<Ulid, AccountKey>>;
+
+/// State shared by the server's tasks.
+pub(crate) struct Shared {
+    config: Config,
+    directory: Directory,
+    hub: mpsc::Sender<HubMsg>,
+    sinfo_unsigned: Outbound,
+    tracker: TaskTracker,
+    /// Open connections, in total and per IP address.
+    connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A connection's place in the connection limits, given back on drop.
+pub(crate) struct ConnSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Shared {
+    /// Takes a connection slot, or says which limit is reached.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
+        let (total, per_ip) = &mut *guard;
+        if *total >= self.config.max_connections {
+            return Err("too many connections to this server");
+        }
+        let mine = per_ip.entry(ip).or_insert(0);
+        if *mine >= self.config.max_connections_per_ip {
+            return Err("too many connections from your address");
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(ConnSlot { shared: self.clone(), ip })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.shared.connections.lock() {
+            let (total, per_ip) = &mut *guard;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Unix time in seconds.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A running server.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    failure: Arc<std::sync::OnceLock<String>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends `ERR shutdown` to every client, waits for them to flush, closes the store.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Runs until `signal` completes or the server fails (its store), then
+    /// shuts down. Returns the failure, if that is why it stopped.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        tokio::select! {
+            _ = signal => {}
+            _ = self.stop.cancelled() => {}
+        }
+        let failure = self.failure.clone();
+        self.shutdown().await;
+        match failure.get() {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens the store, binds the address and starts serving.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let store = Store::open(&config.db)?;
+    // Read before the accounts, so a change made in between is seen by the watcher.
+    let data_version = store.data_version()?;
+    let accounts = store.accounts()?;
+    let accounts_rev = store.accounts_rev()?;
+    let channels = store.channel_snapshots()?;
+    let writer_store = Store::open(&config.db)?;
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+
+    let mut relay = Relay::new(config.limits.clone(), now_unix());
+    let mut directory = HashMap::new();
+    for a in &accounts {
+        relay.step(
+            Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev },
+            now_unix(),
+            &mut Vec::new(),
+        );
+        directory.insert(a.id, AccountKey { key: a.key.clone(), rev: a.key_rev });
+    }
+    for snapshot in channels {
+        relay.restore_channel(snapshot);
+    }
+    let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        sinfo_unsigned: relay.sinfo().clone().unsigned(),
+        config,
+        directory: RwLock::new(directory),
+        hub: hub_tx,
+        tracker: TaskTracker::new(),
+        connections: std::sync::Mutex::new((0, HashMap::new())),
+    });
+    let stop = CancellationToken::new();
+    let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx);
+    let failure = Arc::new(std::sync::OnceLock::new());
+    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone()));
+    let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
+
+    tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
+    let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, vec![watcher, store_thread]));
+    Ok(RunningServer { local_addr, stop, failure, done })
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    hub_task: tokio::task::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+) {
+    let mut next_conn = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match shared.admit(peer.ip()) {
+                    Ok(slot) => {
+                        next_conn += 1;
+                        connection::spawn(shared.clone(), ConnId(next_conn), stream, peer, slot).await;
+                    }
+                    Err(why) => {
+                        // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
+                        tracing::info!(%peer, why, "connection refused");
+                        let e = sigil_proto::ProtoError::new(sigil_proto::ErrorCode::RateLimited, why);
+                        let frame = Outbound::error(&e);
+                        let mut buf = bytes::BytesMut::new();
+                        sigil_proto::wire::encode_frame(
+                            &sigil_proto::wire::OutFrame { command: frame.command, signature: None, payload: &frame.payload },
+                            &mut buf,
+                        );
+                        let _ = stream.try_write(&buf);
+                    }
+                },
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down");
+    let (tx, rx) = oneshot::channel();
+    if shared.hub.send(HubMsg::Shutdown(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+    shared.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+    // The hub's end closes the store queue; the store thread drains it and
+    // closes the database.
+    let _ = hub_task.await;
+    drop(shared);
+    let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    tracing::info!("stopped");
+}
+
+/// Polls the account table and tells the hub what changed. A thread, because
+/// SQLite calls block.
+fn spawn_account_watcher(
+    shared: Arc<Shared>,
+    store: Store,
+    mut known: Vec<StoredAccount>,
+    (mut version, mut rev): (i64, i64),
+    stop: CancellationToken,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.is_cancelled() {
+            std::thread::sleep(ACCOUNT_POLL_INTERVAL);
+            let Ok(v) = store.data_version() else { continue };
+            if v == version {
+                continue;
+            }
+            // Every channel write changes data_version; the accounts are
+            // reloaded only when their own revision moved.
+            let new_rev = match store.accounts_rev() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the accounts revision");
+                    continue;
+                }
+            };
+            if new_rev == rev {
+                version = v;
+                continue;
+            }
+            let accounts = match store.accounts() {
+                Ok(a) => a,
+                Err(e) => {
+                    // `version` is left as it was, so the next poll retries.
+                    tracing::warn!(error = %e, "cannot reload accounts");
+                    continue;
+                }
+            };
+            version = v;
+            rev = new_rev;
+            // Readers see the new keys first, then the hub hears of the change:
+            // whoever reacts to its USR_ADD can connect at once, an old key stops
+            // working at once, and a session admitted with a key in between is
+            // closed when the change reaches the hub (the key revision decides).
+            if let Ok(mut dir) = shared.directory.write() {
+                dir.clear();
+                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
+            }
+            for input in diff_accounts(&known, &accounts) {
+                if shared.hub.blocking_send(HubMsg::Input(input)).is_err() {
+                    return;
+                }
+            }
+            known = accounts;
+        }
+    })
+}
+
+fn diff_accounts(old: &[StoredAccount], new: &[StoredAccount]) -> Vec<Input> {
+    let old_by_id: HashMap<Ulid, &StoredAccount> = old.iter().map(|a| (a.id, a)).collect();
+    let new_ids: std::collections::HashSet<Ulid> = new.iter().map(|a| a.id).collect();
+    let mut inputs: Vec<Input> =
+        old.iter().filter(|a| !new_ids.contains(&a.id)).map(|a| Input::AccountRemoved { id: a.id }).collect();
+    for a in new {
+        let changed = old_by_id.get(&a.id).is_none_or(|o| o.key_rev != a.key_rev || o.name != a.name);
+        if changed {
+            tracing::info!(account = %a.name, "account added or changed");
+            inputs.push(Input::AccountUpserted { id: a.id, name: a.name.clone(), key_rev: a.key_rev });
+        }
+    }
+    inputs
+}
