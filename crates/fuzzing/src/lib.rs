@@ -12,6 +12,8 @@
 //!   send must be a known, well-formed event within `max_payload`.
 
 use bytes::BytesMut;
+use sigil_proto::command::COMMANDS;
+use sigil_proto::event::EVENTS;
 use tokio_util::codec::Decoder;
 
 use sigil_proto::wire::{Frame, FrameCodec, FrameError};
@@ -144,53 +146,23 @@ pub fn reference_parse(input: &[u8], max_payload: usize) -> (Vec<RefFrame>, bool
     }
 }
 
-/// Every command name a client sends and every event name a server sends.
-pub const COMMAND_NAMES: &[&str] = &[
-    "CNN",
-    "KALIVE",
-    "DCNN",
-    "INFO",
-    "LST_USR",
-    "CNN_USR",
-    "PV_MSG",
-    "ACK_MSG",
-    "CH_NEW",
-    "CH_JOIN",
-    "CH_LEAVE",
-    "CH_LST",
-    "CH_LEAD",
-    "CH_VOTE",
-    "CH_MSG",
-    "ACK_CH_MSG",
-    "CH_COMMIT",
-    "CH_PULL",
-    "CH_MERGE",
-    "CH_ACK_REQ",
-];
-/// Every event name a server sends.
-pub const EVENT_NAMES: &[&str] = &[
-    "SINFO",
-    "UCNN",
-    "UDCNN",
-    "USR_LST",
-    "USR_ADD",
-    "USR_RMD",
-    "USR_HSK",
-    "MSG",
-    "MSG_ACK",
-    "CH_UJOIN",
-    "CH_ULEAVE",
-    "CH_STATUS",
-    "LST_CH",
-    "CH_VOTE",
-    "CH_ELECTED",
-    "CH_MSG",
-    "CH_MSG_ACK",
-    "CH_MSG_COMMIT",
-    "CH_APPEND",
-    "CH_MSG_CONFIRM",
-    "ERR",
-];
+/// The fuzzing dictionary (`fuzz/sigil.dict`), derived from the command and
+/// event tables: every name a client or server sends, then frame pieces.
+/// A test keeps the committed file equal to this.
+pub fn dictionary() -> String {
+    let mut out =
+        String::from("# Generated from sigil-proto's command and event tables (sigil_fuzzing::dictionary).\n");
+    let mut names: Vec<&str> = COMMANDS.iter().map(|c| c.name).chain(EVENTS.iter().copied()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        out.push_str(&format!("\"{name}\"\n"));
+    }
+    for piece in [r"\x0a", r"\x0d\x0a", r"0\x0a", r"65536\x0a"] {
+        out.push_str(&format!("\"{piece}\"\n"));
+    }
+    out
+}
 
 /// The payload decoders target: the first byte picks a command (and an
 /// event) name, the rest is the payload.
@@ -198,7 +170,7 @@ pub fn payloads(data: &[u8]) {
     use sigil_proto::{Request, ServerEvent};
     let Some((&pick, payload)) = data.split_first() else { return };
     let payload = bytes::Bytes::copy_from_slice(payload);
-    let name = COMMAND_NAMES[usize::from(pick) % COMMAND_NAMES.len()];
+    let name = COMMANDS[usize::from(pick) % COMMANDS.len()].name;
     let command = sigil_proto::wire::CommandName::new(name.as_bytes()).expect("valid name");
     let shape_ok = sigil_proto::msgpack::check_map(&payload).is_ok();
     match Request::parse(&command, &payload) {
@@ -216,7 +188,7 @@ pub fn payloads(data: &[u8]) {
             assert!(!failure.error.is_fatal(), "payload errors are never fatal");
         }
     }
-    let event = EVENT_NAMES[usize::from(pick) % EVENT_NAMES.len()];
+    let event = EVENTS[usize::from(pick) % EVENTS.len()];
     if let Ok(ev) = ServerEvent::decode(event, &payload) {
         assert!(shape_ok, "{event}: decoded a payload the shape check refuses");
         assert!(!matches!(ev, ServerEvent::Other { .. }), "{event} is a known event");
@@ -464,7 +436,7 @@ pub fn session(data: &[u8]) {
                 w.frame(u % USERS, name, payload);
             }
             Step::Raw(u, pick, payload) => {
-                let name = COMMAND_NAMES[usize::from(pick) % COMMAND_NAMES.len()];
+                let name = COMMANDS[usize::from(pick) % COMMANDS.len()].name;
                 w.frame(u % USERS, name, payload);
             }
             Step::Tick(s) => {

@@ -55,14 +55,6 @@ pub trait Event: Serialize + DeserializeOwned {
     const COMMAND: &'static str;
 }
 
-macro_rules! event {
-    ($ty:ident, $name:literal) => {
-        impl Event for $ty {
-            const COMMAND: &'static str = $name;
-        }
-    };
-}
-
 /// `SINFO`: the server's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sinfo {
@@ -89,7 +81,6 @@ pub struct Sinfo {
 
 /// The extension of batched acks and commits (PROTOCOL.md §7.9), as named in `SINFO.features`.
 pub const FEATURE_BATCH: &str = "batch";
-event!(Sinfo, "SINFO");
 
 /// `UCNN` / `UDCNN` payload: a user came online / went offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,13 +95,11 @@ pub struct UserPresence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Ucnn(pub UserPresence);
-event!(Ucnn, "UCNN");
 
 /// `UDCNN`: a user disconnected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Udcnn(pub UserPresence);
-event!(Udcnn, "UDCNN");
 
 /// One user in `USR_LST` / `USR_ADD`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,13 +121,11 @@ pub struct UsrLst {
     #[serde(default)]
     pub more: bool,
 }
-event!(UsrLst, "USR_LST");
 
 /// `USR_ADD`: an account was created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UsrAdd(pub UserEntry);
-event!(UsrAdd, "USR_ADD");
 
 /// `USR_RMD`: an account was removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +133,6 @@ pub struct UsrRmd {
     /// The removed account.
     pub id: Ulid,
 }
-event!(UsrRmd, "USR_RMD");
 
 /// `USR_HSK`: a handshake with another user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +140,6 @@ pub struct UsrHsk {
     /// The other user.
     pub id: Ulid,
 }
-event!(UsrHsk, "USR_HSK");
 
 /// `MSG`: a private message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +153,6 @@ pub struct Msg {
     /// Server time of relay, unix seconds.
     pub timestamp: u64,
 }
-event!(Msg, "MSG");
 
 /// `MSG_ACK`: the recipient acknowledged a private message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +162,6 @@ pub struct MsgAck {
     /// Who acknowledged it.
     pub by: Ulid,
 }
-event!(MsgAck, "MSG_ACK");
 
 /// `CH_UJOIN` / `CH_ULEAVE` payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,13 +176,11 @@ pub struct ChannelUser {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ChUjoin(pub ChannelUser);
-event!(ChUjoin, "CH_UJOIN");
 
 /// `CH_ULEAVE`: a user left a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ChUleave(pub ChannelUser);
-event!(ChUleave, "CH_ULEAVE");
 
 /// `CH_STATUS`: a channel's leader, health, election and online count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +198,6 @@ pub struct ChStatus {
     /// Online members.
     pub online: u64,
 }
-event!(ChStatus, "CH_STATUS");
 
 /// One channel in `LST_CH`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +221,6 @@ pub struct LstCh {
     #[serde(default)]
     pub more: bool,
 }
-event!(LstCh, "LST_CH");
 
 /// `CH_VOTE` (server → client): a candidate asks for votes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +232,6 @@ pub struct ChVoteRequest {
     /// The candidate.
     pub user: Ulid,
 }
-event!(ChVoteRequest, "CH_VOTE");
 
 /// `CH_ELECTED`: an election chose a leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +243,6 @@ pub struct ChElected {
     /// The new leader.
     pub leader: Ulid,
 }
-event!(ChElected, "CH_ELECTED");
 
 /// `CH_MSG` (server → client): a channel message, pending until committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,7 +262,6 @@ pub struct ChMsg {
     #[serde(default)]
     pub recipients: u64,
 }
-event!(ChMsg, "CH_MSG");
 
 /// `CH_MSG_ACK`: a recipient acknowledged a channel message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,7 +280,6 @@ pub struct ChMsgAck {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<Ulid>,
 }
-event!(ChMsgAck, "CH_MSG_ACK");
 
 /// `CH_MSG_COMMIT`: a message is durably in the channel's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +296,6 @@ pub struct ChMsgCommit {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<Ulid>,
 }
-event!(ChMsgCommit, "CH_MSG_COMMIT");
 
 /// One committed message in `CH_APPEND`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,7 +324,6 @@ pub struct ChAppend {
     /// True when more history follows this page.
     pub more: bool,
 }
-event!(ChAppend, "CH_APPEND");
 
 /// `CH_MSG_CONFIRM`: confirm (with `ACK_CH_MSG`) that a merged message was committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,7 +333,6 @@ pub struct ChMsgConfirm {
     /// The message to confirm.
     pub message: Ulid,
 }
-event!(ChMsgConfirm, "CH_MSG_CONFIRM");
 
 /// `ERR`: an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,7 +348,6 @@ pub struct ErrPayload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_id: Option<Ulid>,
 }
-event!(ErrPayload, "ERR");
 
 /// Longest `reason` sent: reasons may quote client input, and every server
 /// frame must fit `max_payload`.
@@ -403,60 +374,6 @@ impl ErrPayload {
     }
 }
 
-/// A decoded server frame, for clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerEvent {
-    /// `SINFO`.
-    Sinfo(Sinfo),
-    /// `UCNN`.
-    Ucnn(UserPresence),
-    /// `UDCNN`.
-    Udcnn(UserPresence),
-    /// `USR_LST`.
-    UsrLst(UsrLst),
-    /// `USR_ADD`.
-    UsrAdd(UserEntry),
-    /// `USR_RMD`.
-    UsrRmd(UsrRmd),
-    /// `USR_HSK`.
-    UsrHsk(UsrHsk),
-    /// `MSG`.
-    Msg(Msg),
-    /// `MSG_ACK`.
-    MsgAck(MsgAck),
-    /// `CH_UJOIN`.
-    ChUjoin(ChannelUser),
-    /// `CH_ULEAVE`.
-    ChUleave(ChannelUser),
-    /// `CH_STATUS`.
-    ChStatus(ChStatus),
-    /// `LST_CH`.
-    LstCh(LstCh),
-    /// `CH_VOTE`.
-    ChVote(ChVoteRequest),
-    /// `CH_ELECTED`.
-    ChElected(ChElected),
-    /// `CH_MSG`.
-    ChMsg(ChMsg),
-    /// `CH_MSG_ACK`.
-    ChMsgAck(ChMsgAck),
-    /// `CH_MSG_COMMIT`.
-    ChMsgCommit(ChMsgCommit),
-    /// `CH_APPEND`.
-    ChAppend(ChAppend),
-    /// `CH_MSG_CONFIRM`.
-    ChMsgConfirm(ChMsgConfirm),
-    /// `ERR`.
-    Err(ErrPayload),
-    /// A command this client version does not know (forward compatibility).
-    Other {
-        /// Its name.
-        command: String,
-        /// Its payload.
-        payload: Bytes,
-    },
-}
-
 /// A server frame whose payload does not match its command.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed {command} payload: {reason}")]
@@ -467,40 +384,70 @@ pub struct EventError {
     pub reason: String,
 }
 
-impl ServerEvent {
-    /// Decodes a server frame's payload.
-    pub fn decode(command: &str, payload: &Bytes) -> Result<Self, EventError> {
-        fn de<T: DeserializeOwned>(command: &str, payload: &[u8]) -> Result<T, EventError> {
-            check_map(payload)
-                .map_err(|e| e.to_string())
-                .and_then(|()| rmp_serde::from_slice(payload).map_err(|e| e.to_string()))
-                .map_err(|reason| EventError { command: command.to_owned(), reason })
+/// Declares every server event once: the [`ServerEvent`] variant and its
+/// payload type, the wire name, and the type the server encodes it from.
+macro_rules! event_table {
+    ($( $variant:ident($payload:ty) = $name:literal, wire $wire:ty; )*) => {
+        $( impl Event for $wire {
+            const COMMAND: &'static str = $name;
+        } )*
+
+        /// Every event name, in the order of the table.
+        pub const EVENTS: &[&str] = &[$($name),*];
+
+        /// A decoded server frame, for clients.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum ServerEvent {
+            $( #[doc = concat!("`", $name, "`.")] $variant($payload), )*
+            /// A command this client version does not know (forward compatibility).
+            Other {
+                /// Its name.
+                command: String,
+                /// Its payload.
+                payload: Bytes,
+            },
         }
-        Ok(match command {
-            "SINFO" => ServerEvent::Sinfo(de(command, payload)?),
-            "UCNN" => ServerEvent::Ucnn(de(command, payload)?),
-            "UDCNN" => ServerEvent::Udcnn(de(command, payload)?),
-            "USR_LST" => ServerEvent::UsrLst(de(command, payload)?),
-            "USR_ADD" => ServerEvent::UsrAdd(de(command, payload)?),
-            "USR_RMD" => ServerEvent::UsrRmd(de(command, payload)?),
-            "USR_HSK" => ServerEvent::UsrHsk(de(command, payload)?),
-            "MSG" => ServerEvent::Msg(de(command, payload)?),
-            "MSG_ACK" => ServerEvent::MsgAck(de(command, payload)?),
-            "CH_UJOIN" => ServerEvent::ChUjoin(de(command, payload)?),
-            "CH_ULEAVE" => ServerEvent::ChUleave(de(command, payload)?),
-            "CH_STATUS" => ServerEvent::ChStatus(de(command, payload)?),
-            "LST_CH" => ServerEvent::LstCh(de(command, payload)?),
-            "CH_VOTE" => ServerEvent::ChVote(de(command, payload)?),
-            "CH_ELECTED" => ServerEvent::ChElected(de(command, payload)?),
-            "CH_MSG" => ServerEvent::ChMsg(de(command, payload)?),
-            "CH_MSG_ACK" => ServerEvent::ChMsgAck(de(command, payload)?),
-            "CH_MSG_COMMIT" => ServerEvent::ChMsgCommit(de(command, payload)?),
-            "CH_APPEND" => ServerEvent::ChAppend(de(command, payload)?),
-            "CH_MSG_CONFIRM" => ServerEvent::ChMsgConfirm(de(command, payload)?),
-            "ERR" => ServerEvent::Err(de(command, payload)?),
-            _ => ServerEvent::Other { command: command.to_owned(), payload: payload.clone() },
-        })
-    }
+
+        impl ServerEvent {
+            /// Decodes a server frame's payload.
+            pub fn decode(command: &str, payload: &Bytes) -> Result<Self, EventError> {
+                fn de<T: DeserializeOwned>(command: &str, payload: &[u8]) -> Result<T, EventError> {
+                    check_map(payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| rmp_serde::from_slice(payload).map_err(|e| e.to_string()))
+                        .map_err(|reason| EventError { command: command.to_owned(), reason })
+                }
+                Ok(match command {
+                    $( $name => ServerEvent::$variant(de::<$payload>(command, payload)?), )*
+                    _ => ServerEvent::Other { command: command.to_owned(), payload: payload.clone() },
+                })
+            }
+        }
+    };
+}
+
+event_table! {
+    Sinfo(Sinfo) = "SINFO", wire Sinfo;
+    Ucnn(UserPresence) = "UCNN", wire Ucnn;
+    Udcnn(UserPresence) = "UDCNN", wire Udcnn;
+    UsrLst(UsrLst) = "USR_LST", wire UsrLst;
+    UsrAdd(UserEntry) = "USR_ADD", wire UsrAdd;
+    UsrRmd(UsrRmd) = "USR_RMD", wire UsrRmd;
+    UsrHsk(UsrHsk) = "USR_HSK", wire UsrHsk;
+    Msg(Msg) = "MSG", wire Msg;
+    MsgAck(MsgAck) = "MSG_ACK", wire MsgAck;
+    ChUjoin(ChannelUser) = "CH_UJOIN", wire ChUjoin;
+    ChUleave(ChannelUser) = "CH_ULEAVE", wire ChUleave;
+    ChStatus(ChStatus) = "CH_STATUS", wire ChStatus;
+    LstCh(LstCh) = "LST_CH", wire LstCh;
+    ChVote(ChVoteRequest) = "CH_VOTE", wire ChVoteRequest;
+    ChElected(ChElected) = "CH_ELECTED", wire ChElected;
+    ChMsg(ChMsg) = "CH_MSG", wire ChMsg;
+    ChMsgAck(ChMsgAck) = "CH_MSG_ACK", wire ChMsgAck;
+    ChMsgCommit(ChMsgCommit) = "CH_MSG_COMMIT", wire ChMsgCommit;
+    ChAppend(ChAppend) = "CH_APPEND", wire ChAppend;
+    ChMsgConfirm(ChMsgConfirm) = "CH_MSG_CONFIRM", wire ChMsgConfirm;
+    Err(ErrPayload) = "ERR", wire ErrPayload;
 }
 
 #[cfg(test)]
