@@ -1,12 +1,12 @@
 //! Accounts changing while the server runs, and persistence across restarts
 //! (PROTOCOL.md §6, §8, §9).
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_client::Credentials;
 use sigil_proto::{Command, ErrorCode, ServerEvent};
 use sigil_server::store::Store;
+use support::*;
 
 #[tokio::test]
 async fn account_added_and_removed_while_running() {

@@ -1,13 +1,13 @@
 //! Channels over real TCP (PROTOCOL.md §7): membership, elections, messages,
 //! acks, commits, history, merges, restarts.
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_client::Client;
 use sigil_proto::command::MergedMessage;
 use sigil_proto::event::{ChStatus, HistoryEntry};
 use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
+use support::*;
 use ulid::Ulid;
 
 fn status_of(ev: ServerEvent) -> Option<ChStatus> {

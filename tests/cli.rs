@@ -1,14 +1,14 @@
 //! The `sigil` binary as scripts use it (PROTOCOL.md §9): account commands,
 //! `frame` | TCP | `decode`, and shutdown on SIGTERM.
 
-mod common;
+mod support;
 
-use common::ServerProcess as Server;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::ServerProcess as Server;
 
 fn sigil(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sigil")).current_dir(dir).args(args).output().expect("run sigil")

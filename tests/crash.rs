@@ -6,17 +6,17 @@
 //! The kill points come from a seed, printed on failure; rerun one with
 //! `SIGIL_CRASH_SEED=<seed> cargo test --test crash`.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::ServerProcess;
 use rand::{Rng, SeedableRng};
 use sigil_client::{Client, Credentials};
 use sigil_proto::{Body, Command, ServerEvent};
 use sigil_server::store::Store;
+use support::ServerProcess;
 use ulid::Ulid;
 
 const ROUNDS: u64 = 4;
@@ -109,11 +109,11 @@ async fn commits_survive_sigkill_at_random_points() {
             Some(ch) => ch,
             None => {
                 a.send(Command::ChNew { name: "crash".into() }).await.unwrap();
-                let ch =
-                    common::until(&mut a, |ev| if let ServerEvent::ChStatus(s) = ev { Some(s.id) } else { None }).await;
+                let ch = support::until(&mut a, |ev| if let ServerEvent::ChStatus(s) = ev { Some(s.id) } else { None })
+                    .await;
                 for x in [&mut b, &mut c] {
                     x.send(Command::ChJoin { id: ch }).await.unwrap();
-                    common::until(x, |ev| matches!(ev, ServerEvent::ChStatus(_)).then_some(())).await;
+                    support::until(x, |ev| matches!(ev, ServerEvent::ChStatus(_)).then_some(())).await;
                 }
                 channel = Some(ch);
                 ch
@@ -122,10 +122,10 @@ async fn commits_survive_sigkill_at_random_points() {
         // A new election every round: numbers survive restarts, so they must grow.
         a.send(Command::ChLead { channel: ch, election: round * 10 }).await.unwrap();
         for x in [&mut b, &mut c] {
-            common::until(x, |ev| matches!(ev, ServerEvent::ChVote(_)).then_some(())).await;
+            support::until(x, |ev| matches!(ev, ServerEvent::ChVote(_)).then_some(())).await;
             x.send(Command::ChVote { channel: ch, election: round * 10, user: creds[0].id }).await.unwrap();
         }
-        common::until(&mut a, |ev| matches!(ev, ServerEvent::ChElected(_)).then_some(())).await;
+        support::until(&mut a, |ev| matches!(ev, ServerEvent::ChElected(_)).then_some(())).await;
 
         let views: Vec<Seen> = (0..3).map(|_| Seen::default()).collect();
         let tasks = vec![member(a, true, views[0].clone()), member(c, false, views[2].clone())];

@@ -1,10 +1,10 @@
 //! Framing faults over real TCP (PROTOCOL.md §1): each gets an ERR and a
 //! closed connection, and the server keeps serving everyone else.
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_proto::ErrorCode;
+use support::*;
 
 async fn assert_still_serving(ts: &TestServer) {
     let mut raw = ts.raw().await;

@@ -1,13 +1,13 @@
 //! Every limit over real TCP (`sigil serve --help` lists them): each refuses
 //! with an ERR, and the server goes on serving everyone else.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use sigil_proto::command::MergedMessage;
 use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
+use support::*;
 use ulid::Ulid;
 
 async fn err_of(c: &mut sigil_client::Client) -> sigil_proto::event::ErrPayload {

@@ -4,10 +4,10 @@
 //! pulls what it missed. The test only creates/joins the channel and types
 //! the messages, as a person would.
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_proto::{Body, Command, ServerEvent};
+use support::*;
 use ulid::Ulid;
 
 #[tokio::test]

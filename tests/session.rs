@@ -1,10 +1,10 @@
 //! Connection lifecycle over real TCP (PROTOCOL.md §3, §4).
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_proto::event::Sinfo;
 use sigil_proto::{Command, Envelope, ErrorCode, Request, ServerEvent};
+use support::*;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]

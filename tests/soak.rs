@@ -9,7 +9,7 @@
 //! every commit and every message they sent is committed; the server answers
 //! a probe every 100 ms throughout; its peak RSS stays bounded (printed).
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{signed, Peer, Raw, ServerProcess};
 use rand::{Rng, SeedableRng};
 use sigil_client::Credentials;
 use sigil_proto::{Body, Command, ServerEvent};
 use sigil_server::store::Store;
+use support::{signed, Peer, Raw, ServerProcess};
 use tokio::io::AsyncWriteExt;
 use ulid::Ulid;
 
@@ -52,14 +52,14 @@ async fn hostile(kind: usize, ip: Ipv4Addr, addr: SocketAddr, cred: Credentials,
     let mut rng = rand::rngs::StdRng::seed_from_u64(kind as u64);
     let mut captured: Option<Vec<u8>> = None;
     // Built once: the flood should cost the server, not this test.
-    let flood: Vec<u8> = (0..100).flat_map(|n| signed(&cred, Command::Info, n, common::now())).collect();
+    let flood: Vec<u8> = (0..100).flat_map(|n| signed(&cred, Command::Info, n, support::now())).collect();
     while Instant::now() < until {
         let Some(stream) = connect_from(ip, addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let mut raw = Raw::from_stream(stream);
-        let now = common::now();
+        let now = support::now();
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
             match kind % 6 {
                 // Garbage.
@@ -125,7 +125,7 @@ async fn many_clients_some_hostile() {
         let mut store = Store::open(&dir.path().join("sigil.db")).unwrap();
         (0..GOOD + HOSTILE)
             .map(|i| {
-                let a = store.add_account(&format!("u{i}"), common::now()).unwrap();
+                let a = store.add_account(&format!("u{i}"), support::now()).unwrap();
                 Credentials { id: a.id, name: a.name, key: a.key }
             })
             .collect()

@@ -1,9 +1,9 @@
 //! Users and private messages over real TCP (PROTOCOL.md §6), and the slow-consumer rule.
 
-mod common;
+mod support;
 
-use common::*;
 use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
+use support::*;
 use ulid::Ulid;
 
 #[tokio::test]

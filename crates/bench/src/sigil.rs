@@ -18,6 +18,7 @@ use super::{BenchError, FanoutParams, LoadShape, Measured};
 use rmpv::ValueRef;
 use sigil_client::agent::{batched_acks, batched_commits, MAX_IDS_PER_FRAME};
 use sigil_client::{Client, ClientReader, ClientWriter, ConnectOptions, Credentials};
+use sigil_proto::quorum::{is_majority, smallest_majority};
 use sigil_proto::wire::Frame;
 use sigil_proto::{Body, Command, ServerEvent};
 
@@ -187,7 +188,7 @@ impl Member {
     /// Leader: a message is ready once a strict majority of its recipients acked.
     fn try_commit(&mut self, id: Ulid) {
         let Some(p) = self.pending.get(&id) else { return };
-        if (p.acks.len() as u64) * 2 > p.recipients && !self.ready.contains(&id) {
+        if is_majority(p.acks.len(), p.recipients as usize) && !self.ready.contains(&id) {
             self.ready.push(id);
         }
     }
@@ -229,7 +230,7 @@ impl Member {
         let ready: Vec<(Ulid, usize, BTreeSet<Ulid>)> = self
             .ready
             .drain(..)
-            .filter_map(|id| self.pending.remove(&id).map(|p| (id, p.recipients as usize / 2 + 1, p.acks)))
+            .filter_map(|id| self.pending.remove(&id).map(|p| (id, smallest_majority(p.recipients as usize), p.acks)))
             .collect();
         if self.params.batch {
             for command in batched_commits(&ready) {

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use ulid::Ulid;
 
 use sigil_proto::event::FEATURE_BATCH;
-use sigil_proto::quorum::is_majority;
+use sigil_proto::quorum::{is_majority, smallest_majority};
 use sigil_proto::{Command, ServerEvent};
 
 /// Delay before standing for election in a leaderless channel (ms, random in range).
@@ -303,7 +303,7 @@ impl Agent {
                 Command::ChCommit { id, acks: by, ids } if ids.is_empty() => {
                     let of = self.channels.values().find_map(|c| c.pending.get(&id)).map_or(0, |p| p.of as usize);
                     commit_at.get_or_insert(out.len());
-                    commits.push((id, of / 2 + 1, by.into_iter().collect()));
+                    commits.push((id, smallest_majority(of), by.into_iter().collect()));
                 }
                 other => out.push(other),
             }

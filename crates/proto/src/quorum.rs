@@ -7,6 +7,11 @@ pub fn is_majority(yes: usize, of: usize) -> bool {
     yes <= of && yes > of / 2
 }
 
+/// The fewest yes votes that are a strict majority of `of`.
+pub fn smallest_majority(of: usize) -> usize {
+    of / 2 + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_majority;
@@ -32,6 +37,14 @@ mod tests {
         ];
         for (yes, of, want) in cases {
             assert_eq!(is_majority(yes, of), want, "{yes} of {of}");
+        }
+    }
+
+    #[test]
+    fn the_smallest_majority_is_a_majority_and_one_less_is_not() {
+        for of in 1..50 {
+            let m = super::smallest_majority(of);
+            assert!(is_majority(m, of) && !is_majority(m - 1, of), "of {of}");
         }
     }
 }
