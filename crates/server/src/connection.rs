@@ -1,35 +1,38 @@
-//! One TCP connection: a reader task and a writer task around a bounded queue.
+//! One connection, over any [`Transport`]: a reader task and a writer task
+//! around its bounded outbound queue ([`ConnHandle`]).
 //!
 //! The reader decodes frames, runs the connection's [`Session`] and forwards
-//! what it means to the hub; it owns the CNN and idle timers. Every close the
-//! reader decides on (end of stream, a fatal error, a timeout) also goes
-//! through the hub, so it takes effect after the replies to the frames read
-//! before it. The writer signs each frame with the recipient's pre-keyed MAC
-//! and coalesces what is queued into one write. The hub never waits on a
-//! connection: a queue over its frame or byte bound is a slow consumer.
+//! what it means to the hub; it owns the CNN and idle timers, the frame
+//! deadline and the rate bucket. Every close the reader decides on (end of
+//! stream, a fatal error, a timeout) also goes through the hub, so it takes
+//! effect after the replies to the frames read before it. The writer signs
+//! each frame with the recipient's pre-keyed MAC (or takes its tag from a
+//! fan-out run) and coalesces what is queued into one write. This module must
+//! not know what carries the bytes (TCP, TLS, a WebSocket): one session code
+//! path serves them all. The hub never waits on a connection: a queue over
+//! its frame or byte bound is a slow consumer.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::hub::HubMsg;
-use super::{now_unix, Shared, MAX_PAYLOAD_BEFORE_AUTH};
+use crate::hub::HubMsg;
+use crate::outbound::{CloseMode, ConnHandle, OfferError, KEEP_FRAMES};
+use crate::transport::{Transport, WaitReadable};
+use crate::{now_unix, ConnSlot, Shared, MAX_PAYLOAD_BEFORE_AUTH};
 use sigil_core::rate::{TokenBucket, Verdict};
 use sigil_core::{ConnId, Input, Session, SessionOutput};
-use sigil_proto::wire::{encode_frame, FrameCodec, FrameError, FrameMac, OutFrame, TAG_LEN};
+use sigil_proto::wire::{FrameCodec, FrameError};
 use sigil_proto::{ErrorCode, Outbound, ProtoError};
 
 /// Bytes gathered before a write is issued.
@@ -43,159 +46,17 @@ const READ_BUFFER: usize = 512;
 /// (and destroy the final `ERR`) on close.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How a connection is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseMode {
-    /// Write what is queued, then the last frame.
-    Flush,
-    /// Drop what is queued (the peer is not reading); try the last frame only.
-    Abort,
-}
-
-/// Why a frame could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OfferError {
-    /// The queue is over its frame or byte bound: a slow consumer.
-    Full,
-    /// The connection is closing.
-    Closed,
-}
-
-/// Frames waiting for the writer. A plain deque rather than a channel: it
-/// gives its memory back once drained (an idle session should cost almost
-/// nothing after a burst), and the writer takes a whole batch under one lock.
-#[derive(Debug, Default)]
-struct Queue {
-    frames: VecDeque<Queued>,
-    /// Payload bytes of `frames`.
-    bytes: usize,
-    /// The writer is gone: nothing more is accepted.
-    closed: bool,
-}
-
-/// A frame waiting for the writer, with its tag when the hub computed it
-/// (one frame for many recipients is signed for all of them at once).
-#[derive(Debug)]
-struct Queued {
-    frame: Outbound,
-    tag: Option<[u8; TAG_LEN]>,
-}
-
-/// Frames a drained queue may keep room for: none, an idle session's memory
-/// counts more than an allocation per burst.
-const KEEP_FRAMES: usize = 0;
-
-/// The shared side of a connection: its queue, its close signal, its MAC.
-#[derive(Debug)]
-pub struct ConnHandle {
-    queue: Mutex<Queue>,
-    /// Wakes the writer when a frame is queued.
-    ready: Notify,
-    max_frames: usize,
-    max_bytes: usize,
-    closing: CancellationToken,
-    last: Mutex<Option<(Option<Outbound>, CloseMode)>>,
-    /// The MAC the session verified CNN with, until the relay accepts it.
-    pending_mac: Mutex<Option<Arc<FrameMac>>>,
-    /// The MAC outbound frames are signed with, once the session is accepted.
-    mac: OnceLock<Arc<FrameMac>>,
-}
-
-impl ConnHandle {
-    fn new(max_frames: usize, max_bytes: usize) -> Self {
-        Self {
-            queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
-            max_frames,
-            max_bytes,
-            closing: CancellationToken::new(),
-            last: Mutex::new(None),
-            pending_mac: Mutex::new(None),
-            mac: OnceLock::new(),
-        }
-    }
-
-    /// The MAC this connection's frames are signed with, once its session was accepted.
-    pub fn mac(&self) -> Option<&FrameMac> {
-        self.mac.get().map(|m| &**m)
-    }
-
-    /// Queues a frame without waiting; `tag` is its tag for this connection
-    /// when the caller already computed it (else the writer signs it).
-    pub fn offer(&self, frame: Outbound, tag: Option<[u8; TAG_LEN]>) -> Result<(), OfferError> {
-        let len = frame.payload.len();
-        {
-            let Ok(mut q) = self.queue.lock() else { return Err(OfferError::Closed) };
-            if q.closed {
-                return Err(OfferError::Closed);
-            }
-            if q.frames.len() >= self.max_frames || q.bytes.saturating_add(len) > self.max_bytes {
-                return Err(OfferError::Full);
-            }
-            q.bytes += len;
-            q.frames.push_back(Queued { frame, tag });
-        }
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    /// Moves queued frames into `batch` until their payloads pass `limit`
-    /// bytes (at least one frame), so what the writer holds stays bounded too.
-    fn take(&self, batch: &mut VecDeque<Queued>, limit: usize) {
-        let Ok(mut q) = self.queue.lock() else { return };
-        let mut taken = 0;
-        while taken < limit {
-            let Some(queued) = q.frames.pop_front() else { break };
-            taken += queued.frame.payload.len();
-            batch.push_back(queued);
-        }
-        q.bytes -= taken.min(q.bytes);
-        if q.frames.is_empty() && q.frames.capacity() > KEEP_FRAMES {
-            q.frames = VecDeque::new();
-        }
-    }
-
-    /// The writer stops: refuses further frames and returns what is queued.
-    fn shut(&self) -> VecDeque<Queued> {
-        let Ok(mut q) = self.queue.lock() else { return VecDeque::new() };
-        q.closed = true;
-        q.bytes = 0;
-        std::mem::take(&mut q.frames)
-    }
-
-    /// Closes the connection, once: later calls are ignored.
-    pub fn close(&self, last: Option<Outbound>, mode: CloseMode) {
-        if let Ok(mut slot) = self.last.lock() {
-            if slot.is_none() && !self.closing.is_cancelled() {
-                *slot = Some((last, mode));
-            }
-        }
-        self.closing.cancel();
-    }
-
-    /// The relay accepted the session: sign from now on.
-    pub fn accept_mac(&self) {
-        if let Some(mac) = self.pending_mac.lock().ok().and_then(|mut m| m.take()) {
-            let _ = self.mac.set(mac);
-        }
-    }
-
-    fn take_close(&self) -> (Option<Outbound>, CloseMode) {
-        self.last.lock().ok().and_then(|mut s| s.take()).unwrap_or((None, CloseMode::Flush))
-    }
-}
-
 /// The read half, with a deadline for the frame being received: armed by the
 /// frame's first byte, disarmed by the reader when the frame is complete.
 /// Past it, reading fails with `TimedOut`, so a peer that trickles a frame in
 /// byte by byte (slowloris) cannot hold the connection for long.
-struct FrameDeadline {
-    inner: OwnedReadHalf,
+struct FrameDeadline<R> {
+    inner: R,
     limit: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl FrameDeadline {
+impl<R> FrameDeadline<R> {
     /// The reader is ready for the next frame; `more` is true when bytes of
     /// it are already buffered (its deadline starts now, else at its first byte).
     fn frame_done(&mut self, more: bool) {
@@ -203,7 +64,7 @@ impl FrameDeadline {
     }
 }
 
-impl AsyncRead for FrameDeadline {
+impl<R: AsyncRead + Unpin> AsyncRead for FrameDeadline<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if let Some(deadline) = self.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
@@ -223,17 +84,16 @@ impl AsyncRead for FrameDeadline {
     }
 }
 
-/// Starts the tasks of an accepted connection.
-pub(super) async fn spawn(
+/// Starts the tasks of an admitted connection.
+pub(crate) async fn spawn<T: Transport>(
     shared: Arc<Shared>,
     conn: ConnId,
-    stream: tokio::net::TcpStream,
+    stream: T,
     peer: std::net::SocketAddr,
-    slot: super::ConnSlot,
+    slot: ConnSlot,
 ) {
     let accepted = Instant::now();
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let (read, write) = stream.split();
     let max_bytes = shared.config.outbound_bytes.max(shared.config.limits.max_payload);
     let handle = Arc::new(ConnHandle::new(shared.config.outbound_queue.max(1), max_bytes));
     // Registered before the reader runs, so the hub knows the handle before any input.
@@ -258,11 +118,13 @@ enum End {
     Gone(String),
 }
 
-async fn reader(
+/// Reads and checks frames until the connection ends, then closes it through
+/// the hub and drains what the peer still sends.
+async fn reader<R: AsyncRead + WaitReadable + Unpin>(
     shared: Arc<Shared>,
     conn: ConnId,
     handle: Arc<ConnHandle>,
-    read: OwnedReadHalf,
+    read: R,
     accepted: Instant,
     peer: std::net::SocketAddr,
 ) {
@@ -289,7 +151,7 @@ async fn reader(
         }
         let next = async {
             if framed.read_buffer().capacity() == 0 {
-                if let Err(e) = framed.get_ref().inner.readable().await {
+                if let Err(e) = framed.get_ref().inner.wait_readable().await {
                     return Some(Err(FrameError::Io(e)));
                 }
                 framed.read_buffer_mut().reserve(READ_BUFFER);
@@ -298,7 +160,7 @@ async fn reader(
         };
         let frame = tokio::select! {
             biased;
-            _ = handle.closing.cancelled() => break End::Gone("closed by server".into()),
+            _ = handle.closing() => break End::Gone("closed by server".into()),
             _ = sleep_until(deadline) => {
                 let what = if session.account().is_some() { "idle for too long" } else { "no CNN in time" };
                 break fatal(ProtoError::new(ErrorCode::Timeout, what));
@@ -357,8 +219,8 @@ async fn reader(
                 continue;
             }
             Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
-                if let (Some(mac), Ok(mut slot)) = (session.mac(), handle.pending_mac.lock()) {
-                    *slot = Some(Arc::clone(mac));
+                if let Some(mac) = session.mac() {
+                    handle.set_pending_mac(Arc::clone(mac));
                 }
                 framed.decoder_mut().set_max_payload(limits.max_payload);
                 tracing::info!(conn = conn.0, %peer, %account, "authenticated");
@@ -385,7 +247,10 @@ async fn reader(
             reason
         }
         End::Gone(reason) => {
-            let _ = shared.hub.send(HubMsg::Disconnect { conn, last: None }).await;
+            // Without a hub (the server stopped) nobody else closes the handle.
+            if shared.hub.send(HubMsg::Disconnect { conn, last: None }).await.is_err() {
+                handle.close(None, CloseMode::Flush);
+            }
             reason
         }
     };
@@ -411,18 +276,14 @@ fn reply_before_auth(handle: &ConnHandle, frame: Outbound) {
     }
 }
 
-fn encode(handle: &ConnHandle, frame: &Outbound, tag: Option<[u8; TAG_LEN]>, buf: &mut BytesMut) {
-    let tag = match (frame.signed, handle.mac.get()) {
-        (true, Some(_)) if tag.is_some() => tag,
-        (true, Some(mac)) => Some(mac.sign(frame.command.as_bytes(), &frame.payload)),
-        _ => None,
-    };
-    encode_frame(&OutFrame { command: frame.command, signature: tag.as_ref(), payload: &frame.payload }, buf);
-}
-
-async fn writer(handle: Arc<ConnHandle>, mut write: OwnedWriteHalf) {
+/// Writes what the hub queues, coalesced, until the connection closes; then
+/// flushes (or drops) the rest and the last frame within a bounded time.
+async fn writer<W: AsyncWrite + Unpin>(handle: Arc<ConnHandle>, mut write: W) {
     let mut buf = BytesMut::new();
     let mut batch = VecDeque::new();
+    // Bytes were written since the last flush. A TCP socket has nothing to
+    // flush; a TLS or WebSocket writer buffers until it is flushed.
+    let mut unflushed = false;
     loop {
         if buf.is_empty() {
             // An idle connection keeps no buffers: they are cheap to get again.
@@ -435,27 +296,38 @@ async fn writer(handle: Arc<ConnHandle>, mut write: OwnedWriteHalf) {
                 if batch.capacity() > KEEP_FRAMES {
                     batch = VecDeque::new();
                 }
+                if unflushed {
+                    unflushed = false;
+                    let flushed = tokio::select! {
+                        biased;
+                        _ = handle.closing() => break,
+                        flushed = write.flush() => flushed,
+                    };
+                    if flushed.is_err() {
+                        write_failed(&handle);
+                        return;
+                    }
+                    continue;
+                }
                 tokio::select! {
                     biased;
-                    _ = handle.closing.cancelled() => break,
-                    _ = handle.ready.notified() => continue,
+                    _ = handle.closing() => break,
+                    _ = handle.ready() => continue,
                 }
             }
-            for Queued { frame, tag } in batch.drain(..) {
-                encode(&handle, &frame, tag, &mut buf);
+            for queued in batch.drain(..) {
+                handle.encode_queued(&queued, &mut buf);
             }
         } else {
             tokio::select! {
                 biased;
-                _ = handle.closing.cancelled() => break,
+                _ = handle.closing() => break,
                 written = write.write_buf(&mut buf) => match written {
                     Ok(0) | Err(_) => {
-                        // The peer is gone: close, and refuse what the hub offers from now on.
-                        handle.close(None, CloseMode::Abort);
-                        handle.shut();
+                        write_failed(&handle);
                         return;
                     }
-                    Ok(_) => {}
+                    Ok(_) => unflushed = true,
                 },
             }
         }
@@ -465,16 +337,23 @@ async fn writer(handle: Arc<ConnHandle>, mut write: OwnedWriteHalf) {
     let (last, mode) = handle.take_close();
     let queued = handle.shut();
     if mode == CloseMode::Flush {
-        for Queued { frame, tag } in batch.into_iter().chain(queued) {
-            encode(&handle, &frame, tag, &mut buf);
+        for queued in batch.into_iter().chain(queued) {
+            handle.encode_queued(&queued, &mut buf);
         }
     }
     if let Some(last) = &last {
-        encode(&handle, last, None, &mut buf);
+        handle.encode(last, None, &mut buf);
     }
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         write.write_all(&buf).await?;
+        write.flush().await?;
         write.shutdown().await
     })
     .await;
+}
+
+/// The peer is gone: close, and refuse what the hub offers from now on.
+fn write_failed(handle: &ConnHandle) {
+    handle.close(None, CloseMode::Abort);
+    handle.shut();
 }

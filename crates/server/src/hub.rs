@@ -5,16 +5,19 @@
 //! connection as a slow consumer, and the relay is told it is gone. Store work
 //! goes to the store thread's bounded queue; when the disk falls behind, the
 //! hub waits for it (backpressure), because store writes cannot be dropped.
+//! The hub must not sign: a frame for many sessions is grouped into a
+//! fan-out run ([`crate::fanout`]) that their writers sign.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::{CloseMode, ConnHandle, OfferError};
-use super::store_writer::{StoreJob, StoreReply};
+use crate::fanout::group_runs;
+use crate::memory::{release_free_memory, Trimmer};
+use crate::outbound::{CloseMode, ConnHandle, OfferError};
+use crate::store_writer::{StoreJob, StoreReply};
 use sigil_core::{ConnId, Effect, Input, Relay};
-use sigil_proto::wire::{sign_many, TAG_LEN};
 use sigil_proto::{ErrorCode, Outbound, ProtoError};
 
 /// A message to the hub.
@@ -41,7 +44,8 @@ pub enum HubMsg {
     Shutdown(oneshot::Sender<()>),
 }
 
-pub(super) async fn run(
+/// Runs the hub until shutdown or until every sender is gone.
+pub(crate) async fn run(
     mut relay: Relay,
     mut rx: mpsc::Receiver<HubMsg>,
     store: mpsc::Sender<StoreJob>,
@@ -51,8 +55,8 @@ pub(super) async fn run(
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
-    let mut tags = Vec::new();
-    let (mut queued, mut trimmer) = (0u64, super::memory::Trimmer::default());
+    let mut runs = Vec::new();
+    let (mut queued, mut trimmer) = (0u64, Trimmer::default());
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,7 +75,7 @@ pub(super) async fn run(
             _ = tick.tick() => {
                 if trimmer.tick(queued) {
                     tracing::debug!(queued, "giving free memory back after a burst");
-                    tokio::task::spawn_blocking(super::memory::release_free_memory);
+                    tokio::task::spawn_blocking(release_free_memory);
                 }
                 Some(HubMsg::Input(Input::Tick))
             }
@@ -98,7 +102,7 @@ pub(super) async fn run(
                 pending.push_back(Input::Closed { conn });
             }
         }
-        let now = super::now_unix();
+        let now = crate::now_unix();
         // Once nothing else waits, the acks the relay gathered go out (§7.9).
         while let Some(input) =
             pending.pop_front().or_else(|| (relay.has_gathered_acks() && rx.is_empty()).then_some(Input::Flush))
@@ -118,12 +122,12 @@ pub(super) async fn run(
                     handle.accept_mac();
                 }
             }
-            presign(&effects, &conns, &mut tags);
-            for (effect, tag) in effects.drain(..).zip(tags.drain(..)) {
+            group_runs(&effects, |conn| conns.get(&conn).and_then(|h| h.mac()).cloned(), &mut runs);
+            for (effect, run) in effects.drain(..).zip(runs.drain(..)) {
                 match effect {
                     Effect::Send { conn, frame } => {
                         let Some(handle) = conns.get(&conn) else { continue };
-                        match handle.offer(frame, tag) {
+                        match handle.offer(frame, run) {
                             Ok(()) => queued += 1,
                             Err(OfferError::Full) => {
                                 tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
@@ -162,47 +166,5 @@ pub(super) async fn run(
                 }
             }
         }
-    }
-}
-
-/// Signs fan-out in bulk: for each run of consecutive sends of one signed
-/// frame (same command and payload bytes) to accepted sessions, computes every
-/// recipient's tag together with the multi-lane MAC. `tags[i]` is the tag of
-/// `effects[i]`, or `None` where the writer is to sign (single frames,
-/// sessions not accepted yet, other effects).
-fn presign(effects: &[Effect], conns: &HashMap<ConnId, Arc<ConnHandle>>, tags: &mut Vec<Option<[u8; TAG_LEN]>>) {
-    tags.clear();
-    tags.resize(effects.len(), None);
-    let same = |a: &Outbound, b: &Outbound| {
-        a.command == b.command && a.payload.as_ptr() == b.payload.as_ptr() && a.payload.len() == b.payload.len()
-    };
-    let mut start = 0;
-    while start < effects.len() {
-        let Effect::Send { frame: first, .. } = &effects[start] else {
-            start += 1;
-            continue;
-        };
-        let run = effects[start..]
-            .iter()
-            .take_while(|e| matches!(e, Effect::Send { frame, .. } if frame.signed && same(frame, first)))
-            .count();
-        if run >= 2 {
-            let mut at = Vec::with_capacity(run);
-            let mut macs = Vec::with_capacity(run);
-            for (i, effect) in effects[start..start + run].iter().enumerate() {
-                if let Effect::Send { conn, .. } = effect {
-                    if let Some(mac) = conns.get(conn).and_then(|h| h.mac()) {
-                        at.push(start + i);
-                        macs.push(mac);
-                    }
-                }
-            }
-            let mut signed = Vec::with_capacity(macs.len());
-            sign_many(&macs, first.command.as_bytes(), &first.payload, &mut signed);
-            for (i, tag) in at.into_iter().zip(signed) {
-                tags[i] = Some(tag);
-            }
-        }
-        start += run.max(1);
     }
 }

@@ -1,19 +1,25 @@
 //! The I/O shell: listener, connection tasks, the hub, account polling, shutdown.
 //!
-//! Data flows one way: socket → [`connection`] (frames, session) → [`hub`]
-//! (relay core) → connection queues → socket. The store is written by the
-//! [`store_writer`] thread on the core's behalf and polled for account
-//! changes by the account watcher thread.
+//! Data flows one way: stream ([`transport`]) → connection (frames, session)
+//! → [`hub`] (relay core) → [`outbound`] queues → stream. The store is written
+//! by the [`store_writer`] thread on the core's behalf and polled for account
+//! changes by the account watcher thread, both through [`store::Storage`].
+//! This module wires them together and owns the connection limits; it must
+//! not parse frames or decide anything the relay core decides.
 
-pub mod connection;
+mod connection;
+pub mod fanout;
 pub mod hub;
 mod memory;
+pub mod outbound;
 pub mod store;
 pub mod store_writer;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
-use crate::store::{Store, StoreError, StoredAccount};
+use crate::store::{Storage, Store, StoreError, StoredAccount};
+use crate::transport::Transport;
 use hub::HubMsg;
 use sigil_core::{AccountKey, ConnId, Input, Limits, Relay};
 use sigil_proto::Outbound;
@@ -145,6 +152,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     /// Open connections, in total and per IP address.
     connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+    /// The last connection id given out.
+    last_conn: AtomicU64,
 }
 
 /// A connection's place in the connection limits, given back on drop.
@@ -194,6 +203,7 @@ pub fn now_unix() -> u64 {
 /// A running server.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     failure: Arc<std::sync::OnceLock<String>>,
     done: tokio::task::JoinHandle<()>,
@@ -203,6 +213,17 @@ impl RunningServer {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serves one connection carried by `transport` (TLS, a WebSocket
+    /// adapter, an in-memory stream) as if `peer` had connected to the
+    /// listener: the same connection limits, session code and shutdown.
+    /// Returns once the connection is registered or refused; a stopping
+    /// server drops it.
+    pub async fn serve_connection<T: Transport>(&self, transport: T, peer: SocketAddr) {
+        if !self.stop.is_cancelled() {
+            serve_connection(&self.shared, transport, peer).await;
+        }
     }
 
     /// Sends `ERR shutdown` to every client, waits for them to flush, closes the store.
@@ -230,12 +251,18 @@ impl RunningServer {
 /// Opens the store, binds the address and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::open(&config.db)?;
+    let writer_store = Store::open(&config.db)?;
+    launch(config, store, writer_store).await
+}
+
+/// Starts serving on two connections to one store: `store` for reads and the
+/// account watcher, `writer_store` for the store writer thread.
+async fn launch<S: Storage>(config: Config, store: S, writer_store: S) -> Result<RunningServer, ServerError> {
     // Read before the accounts, so a change made in between is seen by the watcher.
     let data_version = store.data_version()?;
     let accounts = store.accounts()?;
     let accounts_rev = store.accounts_rev()?;
     let channels = store.channel_snapshots()?;
-    let writer_store = Store::open(&config.db)?;
     let listener = TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
@@ -262,6 +289,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         hub: hub_tx,
         tracker: TaskTracker::new(),
         connections: std::sync::Mutex::new((0, HashMap::new())),
+        last_conn: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -272,8 +300,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
-    let done = tokio::spawn(serve(listener, shared, stop.clone(), hub_task, vec![watcher, store_thread]));
-    Ok(RunningServer { local_addr, stop, failure, done })
+    let done = tokio::spawn(serve(listener, shared.clone(), stop.clone(), hub_task, vec![watcher, store_thread]));
+    Ok(RunningServer { local_addr, shared, stop, failure, done })
 }
 
 async fn serve(
@@ -283,29 +311,11 @@ async fn serve(
     hub_task: tokio::task::JoinHandle<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
 ) {
-    let mut next_conn = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match shared.admit(peer.ip()) {
-                    Ok(slot) => {
-                        next_conn += 1;
-                        connection::spawn(shared.clone(), ConnId(next_conn), stream, peer, slot).await;
-                    }
-                    Err(why) => {
-                        // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
-                        tracing::info!(%peer, why, "connection refused");
-                        let e = sigil_proto::ProtoError::new(sigil_proto::ErrorCode::RateLimited, why);
-                        let frame = Outbound::error(&e);
-                        let mut buf = bytes::BytesMut::new();
-                        sigil_proto::wire::encode_frame(
-                            &sigil_proto::wire::OutFrame { command: frame.command, signature: None, payload: &frame.payload },
-                            &mut buf,
-                        );
-                        let _ = stream.try_write(&buf);
-                    }
-                },
+                Ok((stream, peer)) => serve_connection(&shared, stream, peer).await,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -330,11 +340,35 @@ async fn serve(
     tracing::info!("stopped");
 }
 
-/// Polls the account table and tells the hub what changed. A thread, because
-/// SQLite calls block.
-fn spawn_account_watcher(
+/// Admits a connection and starts its tasks, or refuses it with one
+/// unsigned `ERR` when a connection limit is reached. Every transport comes
+/// through here: the listener's accept loop and [`RunningServer::serve_connection`].
+async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr) {
+    match shared.admit(peer.ip()) {
+        Ok(slot) => {
+            let conn = ConnId(shared.last_conn.fetch_add(1, Ordering::Relaxed) + 1);
+            connection::spawn(shared.clone(), conn, stream, peer, slot).await;
+        }
+        Err(why) => {
+            // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
+            tracing::info!(%peer, why, "connection refused");
+            let e = sigil_proto::ProtoError::new(sigil_proto::ErrorCode::RateLimited, why);
+            let frame = Outbound::error(&e);
+            let mut buf = bytes::BytesMut::new();
+            sigil_proto::wire::encode_frame(
+                &sigil_proto::wire::OutFrame { command: frame.command, signature: None, payload: &frame.payload },
+                &mut buf,
+            );
+            stream.refuse(&buf);
+        }
+    }
+}
+
+/// Polls the store's accounts and tells the hub what changed. A thread,
+/// because store calls block.
+fn spawn_account_watcher<S: Storage>(
     shared: Arc<Shared>,
-    store: Store,
+    store: S,
     mut known: Vec<StoredAccount>,
     (mut version, mut rev): (i64, i64),
     stop: CancellationToken,

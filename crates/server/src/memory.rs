@@ -7,6 +7,8 @@
 //! need. `malloc_trim` returns free pages from inside the heap. It walks the
 //! heap under its locks, so it runs only once traffic has quieted after a
 //! burst, never under steady load (where freed memory is reused anyway).
+//! This module only decides when and trims; it must not run the trim on an
+//! async worker (the hub spawns it on the blocking pool).
 
 /// Frames queued since the last trim that make a trim worth its cost.
 const BURST_FRAMES: u64 = 100_000;

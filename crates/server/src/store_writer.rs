@@ -6,10 +6,11 @@
 //! announces the commits and starts the elections.
 //! History reads for `CH_PULL` run after the writes queued before them.
 //! A failed write stops the server: nothing may be announced that is not stored.
+//! It works on any [`Storage`]; it must not know which database is behind it.
 
 use tokio::sync::mpsc;
 
-use crate::store::Store;
+use crate::store::{Storage, StoreError};
 use sigil_core::{durable_marks, Input, PullRequest, StoreOp};
 
 /// Jobs gathered into one transaction at most.
@@ -42,14 +43,11 @@ pub enum StoreReply {
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Applies a batch, waiting out a database locked by another process.
-fn apply_retrying(store: &mut Store, writes: &[StoreOp]) -> Result<(), crate::store::StoreError> {
+fn apply_retrying<S: Storage>(store: &mut S, writes: &[StoreOp]) -> Result<(), StoreError> {
     let deadline = std::time::Instant::now() + BUSY_RETRY;
     loop {
         match store.apply(writes) {
-            Err(crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
                 tracing::warn!("the database is locked by another process; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
@@ -59,8 +57,8 @@ fn apply_retrying(store: &mut Store, writes: &[StoreOp]) -> Result<(), crate::st
 }
 
 /// Runs the store thread until the queue closes and is drained.
-pub(super) fn spawn(
-    mut store: Store,
+pub(crate) fn spawn<S: Storage>(
+    mut store: S,
     mut rx: mpsc::Receiver<StoreJob>,
     hub: mpsc::UnboundedSender<StoreReply>,
 ) -> std::thread::JoinHandle<()> {
