@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sigil_core::relay::{ConnId, Effect, Input, Relay};
+use sigil_core::relay::{ConnId, Effect, IdSource, Input, Relay};
 use sigil_core::{durable_marks, ChannelSnapshot, Limits, StoreOp};
 use sigil_proto::command::MergedMessage;
 use sigil_proto::event::HistoryEntry;
@@ -99,7 +99,7 @@ impl Sim {
         limits.max_pending = 64;
         limits.max_merges = 16;
         let now = 1_800_000_000;
-        let relay = Relay::new(limits.clone(), now);
+        let relay = Relay::new(limits.clone(), now, IdSource::counter(1 << 100));
         let mut sim = Sim {
             seed,
             rng,
@@ -377,7 +377,8 @@ impl Sim {
         self.conn_of.clear();
         self.user_of.clear();
         self.now += 2;
-        self.relay = Relay::new(self.limits.clone(), self.now);
+        // Ids made after a restart must not reuse those made before it: start from the time.
+        self.relay = Relay::new(self.limits.clone(), self.now, IdSource::counter(u128::from(self.now) << 64));
         self.now += 1;
         self.add_accounts();
         self.members = self.durable_members.clone();

@@ -15,6 +15,6 @@ pub mod session;
 pub use batch::Batch;
 pub use channel::{durable_marks, Channel, ChannelEffect, ChannelLimits, ChannelSnapshot, StoreOp};
 pub use config::Limits;
-pub use relay::{ConnId, Effect, Input, PullRequest, Relay};
+pub use relay::{ConnId, Effect, IdSource, Input, PullRequest, Relay};
 pub use replay::{ReplayError, ReplayGuard};
 pub use session::{AccountKey, Session, SessionOutput};

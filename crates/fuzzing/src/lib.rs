@@ -390,7 +390,7 @@ pub fn session(data: &[u8]) {
     let limits = Limits { max_payload: 4096, max_pending: 8, max_merges: 8, ..Limits::default() };
     let now = 1_800_000_000;
     let mut w = SessionWorld {
-        relay: Relay::new(limits.clone(), now),
+        relay: Relay::new(limits.clone(), now, sigil_core::IdSource::counter(1 << 100)),
         limits,
         keys: (0..USERS).map(|i| sigil_proto::wire::SecretKey::from_bytes([i + 1; 32])).collect(),
         ids: (1..=u128::from(USERS)).map(ulid::Ulid::from).collect(),

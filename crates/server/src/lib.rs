@@ -268,7 +268,7 @@ async fn launch<S: Storage>(config: Config, store: S, writer_store: S) -> Result
         .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
 
-    let mut relay = Relay::new(config.limits.clone(), now_unix());
+    let mut relay = Relay::new(config.limits.clone(), now_unix(), sigil_core::IdSource::new(Ulid::new));
     let mut directory = HashMap::new();
     for a in &accounts {
         relay.step(

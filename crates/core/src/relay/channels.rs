@@ -364,7 +364,7 @@ impl Relay {
             return Err(ProtoError::new(ErrorCode::RateLimited, "the server has its maximum number of channels"));
         }
         self.channels.check_room(me, self.limits.max_channels_per_account)?;
-        let id = Ulid::new();
+        let id = self.ids.next();
         let mut channel = Channel::new(id, name, self.limits.channel_limits());
         let mut effects = std::mem::take(&mut self.channels.scratch);
         channel.create(me, now, &mut effects);

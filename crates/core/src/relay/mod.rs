@@ -156,10 +156,43 @@ pub struct PullRequest {
     pub max_bytes: usize,
 }
 
+/// Where the relay's new ids (channel ids) come from. The core makes none
+/// itself, so it reads no clock and draws no randomness: the server passes
+/// `IdSource::new(Ulid::new)`, a simulation a counter, and a run replays exactly.
+pub struct IdSource(Box<dyn FnMut() -> Ulid + Send>);
+
+impl IdSource {
+    /// Ids from `next`.
+    pub fn new(next: impl FnMut() -> Ulid + Send + 'static) -> Self {
+        Self(Box::new(next))
+    }
+
+    /// `first`, `first + 1`, …: deterministic, for tests and simulations.
+    pub fn counter(first: u128) -> Self {
+        let mut n = first;
+        Self::new(move || {
+            let id = Ulid::from(n);
+            n = n.wrapping_add(1);
+            id
+        })
+    }
+
+    pub(crate) fn next(&mut self) -> Ulid {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for IdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdSource")
+    }
+}
+
 /// The relay's state: one part per concern, see the module doc.
 #[derive(Debug)]
 pub struct Relay {
     limits: Limits,
+    ids: IdSource,
     sinfo: Outbound,
     /// Nonce windows, one per account, shared by its connections (§4).
     replay: ReplayGuard,
@@ -170,12 +203,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay with the given limits and no accounts, started at `now`.
-    /// Frames stamped before `now`'s second are refused: the nonces seen
-    /// before a restart are forgotten, so their frames must not pass again.
-    pub fn new(limits: Limits, now: u64) -> Self {
+    /// A relay with the given limits and no accounts, started at `now`,
+    /// taking new ids from `ids`. Frames stamped before `now`'s second are
+    /// refused: the nonces seen before a restart are forgotten, so their
+    /// frames must not pass again.
+    pub fn new(limits: Limits, now: u64, ids: IdSource) -> Self {
         let sinfo = Outbound::event(&limits.sinfo());
         Self {
+            ids,
             replay: ReplayGuard::new(limits.skew_s, limits.replay_window).with_floor(now.saturating_sub(1)),
             limits,
             sinfo,
@@ -314,7 +349,7 @@ mod tests {
     #[test]
     fn acks_from_consecutive_frames_reach_a_batching_leader_as_one_frame() {
         let now = 1_800_000_000;
-        let mut relay = Relay::new(Limits::default(), now);
+        let mut relay = Relay::new(Limits::default(), now, IdSource::counter(1 << 64));
         let mut out = Vec::new();
         let users: Vec<Ulid> = (1..=4u128).map(Ulid::from).collect();
         let conns: Vec<ConnId> = (1..=4u64).map(ConnId).collect();
