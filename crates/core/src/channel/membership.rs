@@ -139,18 +139,9 @@ impl Channel {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ChannelLimits;
+    use super::super::tests::LIMITS;
     use super::*;
     use sigil_proto::ServerEvent;
-
-    const LIMITS: ChannelLimits = ChannelLimits {
-        min_online: 2,
-        pending_ttl_s: 10,
-        max_pending: 8,
-        max_merges: 8,
-        max_pending_bytes: 1 << 20,
-        max_payload: 65_536,
-    };
 
     /// The events sent to `to`, decoded.
     fn events(out: &[ChannelEffect], to: Ulid) -> Vec<ServerEvent> {

@@ -163,18 +163,10 @@ impl Channel {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ChannelLimits, StoreOp};
+    use super::super::tests::LIMITS;
+    use super::super::StoreOp;
     use super::*;
     use sigil_proto::{Body, ServerEvent};
-
-    const LIMITS: ChannelLimits = ChannelLimits {
-        min_online: 1,
-        pending_ttl_s: 10,
-        max_pending: 8,
-        max_merges: 8,
-        max_pending_bytes: 1 << 20,
-        max_payload: 65_536,
-    };
 
     /// A channel of users 1..=3, all online, no leader.
     fn channel() -> (Channel, [Ulid; 3]) {

@@ -6,7 +6,8 @@ use sigil_proto::command::MergedMessage;
 use sigil_proto::event::ChMsgAck;
 use sigil_proto::{Body, ServerEvent};
 
-const LIMITS: ChannelLimits = ChannelLimits {
+/// Limits small enough to reach in a test; the concern files' tests use them too.
+pub(super) const LIMITS: ChannelLimits = ChannelLimits {
     min_online: 1,
     pending_ttl_s: 10,
     max_pending: 8,
