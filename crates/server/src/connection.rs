@@ -26,10 +26,11 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::FramedRead;
 use ulid::Ulid;
 
+use crate::config::MAX_PAYLOAD_BEFORE_AUTH;
 use crate::hub::HubMsg;
 use crate::outbound::{CloseMode, ConnHandle, OfferError, KEEP_FRAMES};
+use crate::shared::{now_unix, ConnSlot, Shared};
 use crate::transport::{Transport, WaitReadable};
-use crate::{now_unix, ConnSlot, Shared, MAX_PAYLOAD_BEFORE_AUTH};
 use sigil_core::rate::{TokenBucket, Verdict};
 use sigil_core::{ConnId, Input, Session, SessionOutput};
 use sigil_proto::wire::{FrameCodec, FrameError};

@@ -102,7 +102,7 @@ pub(crate) async fn run(
                 pending.push_back(Input::Closed { conn });
             }
         }
-        let now = crate::now_unix();
+        let now = crate::shared::now_unix();
         // Once nothing else waits, the acks the relay gathered go out (§7.9).
         while let Some(input) =
             pending.pop_front().or_else(|| (relay.has_gathered_acks() && rx.is_empty()).then_some(Input::Flush))

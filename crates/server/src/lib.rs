@@ -7,18 +7,19 @@
 //! This module wires them together and owns the connection limits; it must
 //! not parse frames or decide anything the relay core decides.
 
+mod config;
 mod connection;
 pub mod fanout;
 pub mod hub;
 mod memory;
 pub mod outbound;
+mod shared;
 pub mod store;
 pub mod store_writer;
 pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -29,100 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
+pub use crate::config::*;
+use crate::shared::Shared;
+pub use crate::shared::{now_unix, Directory};
 use crate::store::{Storage, Store, StoreError, StoredAccount};
 use crate::transport::Transport;
 use hub::HubMsg;
-use sigil_core::{AccountKey, ConnId, Input, Limits, Relay};
+use sigil_core::{AccountKey, ConnId, Input, Relay};
 use sigil_proto::Outbound;
-
-/// Default outbound queue length per connection, in frames (the byte bound
-/// below is what bounds memory; this one bounds per-frame overhead).
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
-/// Default outbound queue size per connection, in payload bytes.
-pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
-/// Default connections in total.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default connections from one IP address.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
-/// Default frames per second per connection (sustained).
-pub const DEFAULT_RATE: f64 = 200.0;
-/// Default frames a connection may send at once.
-pub const DEFAULT_BURST: f64 = 400.0;
-/// Default time from a frame's first byte to its last (s).
-pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
-
-/// Largest LEN accepted before authentication: a CNN is about 100 bytes and
-/// an unsigned INFO's payload is ignored, so a stranger cannot make the
-/// server hold `max_payload` per connection.
-pub const MAX_PAYLOAD_BEFORE_AUTH: usize = 1024;
-/// Store jobs queued before the hub waits for the disk.
-pub const STORE_QUEUE: usize = 65_536;
-/// How often the account table is polled for changes.
-pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Everything `sigil serve` is configured with.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Address to listen on.
-    pub addr: String,
-    /// SQLite database path.
-    pub db: PathBuf,
-    /// Protocol limits.
-    pub limits: Limits,
-    /// Outbound queue length per connection (frames).
-    pub outbound_queue: usize,
-    /// Outbound queue size per connection (payload bytes).
-    pub outbound_bytes: usize,
-    /// Connections in total.
-    pub max_connections: usize,
-    /// Connections from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Frames per second per connection.
-    pub rate: f64,
-    /// Frames a connection may send at once.
-    pub burst: f64,
-    /// Time from a frame's first byte to its last (s).
-    pub frame_timeout_s: u64,
-    /// Overrides `frame_timeout_s` with milliseconds (tests).
-    pub frame_timeout_ms: Option<u64>,
-    /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
-    pub cnn_timeout_ms: Option<u64>,
-    /// Overrides `limits.timeout_s` with milliseconds (tests).
-    pub idle_timeout_ms: Option<u64>,
-}
-
-impl Config {
-    /// A configuration with every default, listening on `addr`, storing in `db`.
-    pub fn new(addr: impl Into<String>, db: impl Into<PathBuf>) -> Self {
-        Self {
-            addr: addr.into(),
-            db: db.into(),
-            limits: Limits::default(),
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
-            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            rate: DEFAULT_RATE,
-            burst: DEFAULT_BURST,
-            frame_timeout_s: DEFAULT_FRAME_TIMEOUT_S,
-            frame_timeout_ms: None,
-            cnn_timeout_ms: None,
-            idle_timeout_ms: None,
-        }
-    }
-
-    fn cnn_timeout_ms(&self) -> u64 {
-        self.cnn_timeout_ms.unwrap_or(self.limits.cnn_timeout_s.saturating_mul(1000))
-    }
-
-    fn idle_timeout_ms(&self) -> u64 {
-        self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
-    }
-
-    fn frame_timeout(&self) -> Duration {
-        Duration::from_millis(self.frame_timeout_ms.unwrap_or(self.frame_timeout_s.saturating_mul(1000)))
-    }
-}
 
 /// A server start failure.
 #[derive(Debug, thiserror::Error)]
@@ -138,66 +53,6 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// The account keys readers check CNN against.
-pub type Directory = RwLock<HashMap<Ulid, AccountKey>>;
-
-/// State shared by the server's tasks.
-pub(crate) struct Shared {
-    config: Config,
-    directory: Directory,
-    hub: mpsc::Sender<HubMsg>,
-    sinfo_unsigned: Outbound,
-    tracker: TaskTracker,
-    /// Open connections, in total and per IP address.
-    connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
-    /// The last connection id given out.
-    last_conn: AtomicU64,
-}
-
-/// A connection's place in the connection limits, given back on drop.
-pub(crate) struct ConnSlot {
-    shared: Arc<Shared>,
-    ip: std::net::IpAddr,
-}
-
-impl Shared {
-    /// Takes a connection slot, or says which limit is reached.
-    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
-        let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
-        let (total, per_ip) = &mut *guard;
-        if *total >= self.config.max_connections {
-            return Err("too many connections to this server");
-        }
-        let mine = per_ip.entry(ip).or_insert(0);
-        if *mine >= self.config.max_connections_per_ip {
-            return Err("too many connections from your address");
-        }
-        *mine += 1;
-        *total += 1;
-        Ok(ConnSlot { shared: self.clone(), ip })
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        if let Ok(mut guard) = self.shared.connections.lock() {
-            let (total, per_ip) = &mut *guard;
-            *total = total.saturating_sub(1);
-            if let Some(n) = per_ip.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
-/// Unix time in seconds.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A running server.

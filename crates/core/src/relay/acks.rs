@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use sigil_proto::event::{ChMsgAck, Outbound};
 use ulid::Ulid;
 
-use super::ConnId;
+use super::types::ConnId;
 use crate::channel::ids_per_frame;
 
 /// Acks gathered before they are sent even without [`Input::Flush`](super::Input::Flush).

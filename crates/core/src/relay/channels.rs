@@ -2,7 +2,7 @@
 //! channels, their names and memberships, which channel a message id is
 //! live in, and the channel commands. Each command is checked against the
 //! registry here, then run by its [`Channel`] state machine (`crate::channel`),
-//! whose user-addressed output [`Relay::route`] turns into effects.
+//! whose user-addressed output the [`Outbox`] routes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -10,9 +10,25 @@ use sigil_proto::event::{HistoryEntry, LstCh};
 use sigil_proto::{Command, ErrorCode, Outbound, ProtoError};
 use ulid::Ulid;
 
+use super::outbox::Outbox;
 use super::paging::{append_page, pages, per_page, CHANNEL_ENTRY_MAX, MAX_CHANNEL_NAME_LEN};
-use super::{ConnId, Effect, PullRequest, Relay};
+use super::types::{ConnId, Effect, IdSource, PullRequest};
 use crate::channel::{Channel, ChannelEffect, ChannelSnapshot};
+use crate::config::Limits;
+
+/// History read for a `CH_PULL`, as the store answered it.
+pub(super) struct Pulled {
+    /// The asking connection.
+    pub(super) conn: ConnId,
+    /// The channel.
+    pub(super) channel: Ulid,
+    /// The anchor the client gave.
+    pub(super) anchor: Option<Ulid>,
+    /// Messages after it, in commit order.
+    pub(super) entries: Vec<HistoryEntry>,
+    /// More history follows.
+    pub(super) more: bool,
+}
 
 /// Channel names: 1 to 64 of `[A-Za-z0-9_.-#]`, unique ignoring case.
 pub fn valid_channel_name(name: &str) -> bool {
@@ -98,199 +114,157 @@ impl Channels {
     }
 }
 
-impl Relay {
+impl Channels {
     /// Adds a channel as the store holds it (at start).
-    pub fn restore_channel(&mut self, snapshot: ChannelSnapshot) {
-        let channel = Channel::restore(snapshot, self.limits.channel_limits());
-        self.channels.insert(channel);
+    pub(super) fn restore(&mut self, snapshot: ChannelSnapshot, limits: &Limits) {
+        self.insert(Channel::restore(snapshot, limits.channel_limits()));
     }
 
     /// A channel, for inspection.
-    pub fn channel(&self, id: &Ulid) -> Option<&Channel> {
-        self.channels.by_id.get(id)
+    pub(super) fn get(&self, id: &Ulid) -> Option<&Channel> {
+        self.by_id.get(id)
     }
 
     /// Runs `f` on a channel and routes what it emits.
     fn with_channel<T>(
         &mut self,
         id: Ulid,
-        out: &mut Vec<Effect>,
+        ob: &mut Outbox<'_>,
         f: impl FnOnce(&mut Channel, &mut Vec<ChannelEffect>) -> Result<T, ProtoError>,
     ) -> Result<T, ProtoError> {
-        let channel = self.channels.by_id.get_mut(&id).ok_or_else(no_such_channel)?;
-        let mut effects = std::mem::take(&mut self.channels.scratch);
+        let channel = self.by_id.get_mut(&id).ok_or_else(no_such_channel)?;
+        let mut effects = std::mem::take(&mut self.scratch);
         let result = f(channel, &mut effects);
-        self.route(&mut effects, out);
-        self.channels.scratch = effects;
+        ob.route(&mut effects);
+        self.scratch = effects;
         result
     }
 
     /// Runs `f` on each of `ids` that exists (events that cannot fail).
-    fn each_channel(
-        &mut self,
-        ids: Vec<Ulid>,
-        out: &mut Vec<Effect>,
-        f: impl Fn(&mut Channel, &mut Vec<ChannelEffect>),
-    ) {
+    fn each_channel(&mut self, ids: Vec<Ulid>, ob: &mut Outbox<'_>, f: impl Fn(&mut Channel, &mut Vec<ChannelEffect>)) {
         for id in ids {
-            let _ = self.with_channel(id, out, |c, o| {
+            let _ = self.with_channel(id, ob, |c, o| {
                 f(c, o);
                 Ok(())
             });
         }
     }
 
-    /// Turns user-addressed channel output into connection-addressed effects.
-    /// Users not online here are skipped: what they missed, they pull.
-    fn route(&mut self, effects: &mut Vec<ChannelEffect>, out: &mut Vec<Effect>) {
-        for effect in effects.drain(..) {
-            match effect {
-                ChannelEffect::Send { to, frame } => {
-                    if let Some(conn) = self.presence.conn_of(&to) {
-                        out.push(Effect::Send { conn, frame });
-                    }
-                }
-                ChannelEffect::AckNote { to, msg_id, user } => {
-                    // Bounded: a shell that never goes idle still gets them out.
-                    if let Some(conn) = self.presence.conn_of(&to) {
-                        if self.acks.note(conn, msg_id, user) {
-                            self.flush_acks(out);
-                        }
-                    }
-                }
-                ChannelEffect::SendBatch { to, batch } => {
-                    let Some(conn) = self.presence.conn_of(&to) else { continue };
-                    if self.presence.is_batching(conn) {
-                        out.push(Effect::Send { conn, frame: batch.batched().clone() });
-                    } else {
-                        out.extend(batch.singles().iter().map(|frame| Effect::Send { conn, frame: frame.clone() }));
-                    }
-                }
-                ChannelEffect::Store(op) => out.push(Effect::Store(op)),
-            }
-        }
-    }
-
     /// A member's session started: its channels recount and tell it their status.
-    pub(super) fn channels_session_up(&mut self, account: Ulid, out: &mut Vec<Effect>) {
-        let ids = self.channels.of(&account);
-        self.each_channel(ids, out, |c, o| c.session_up(account, o));
+    pub(super) fn session_up(&mut self, account: Ulid, ob: &mut Outbox<'_>) {
+        let ids = self.of(&account);
+        self.each_channel(ids, ob, |c, o| c.session_up(account, o));
     }
 
     /// A member's session ended.
-    pub(super) fn channels_session_down(&mut self, account: Ulid, out: &mut Vec<Effect>) {
-        let ids = self.channels.of(&account);
-        self.each_channel(ids, out, |c, o| c.session_down(account, o));
+    pub(super) fn session_down(&mut self, account: Ulid, ob: &mut Outbox<'_>) {
+        let ids = self.of(&account);
+        self.each_channel(ids, ob, |c, o| c.session_down(account, o));
     }
 
     /// An account was removed: it leaves every channel (announced as CH_ULEAVE;
     /// the store already dropped the memberships).
-    pub(super) fn channels_account_removed(&mut self, account: Ulid, out: &mut Vec<Effect>) {
-        let ids = self.channels.memberships.remove(&account).map(|s| s.into_iter().collect()).unwrap_or_default();
-        self.each_channel(ids, out, |c, o| {
+    pub(super) fn account_removed(&mut self, account: Ulid, ob: &mut Outbox<'_>) {
+        let ids = self.memberships.remove(&account).map(|s| s.into_iter().collect()).unwrap_or_default();
+        self.each_channel(ids, ob, |c, o| {
             let _ = c.leave(account, o);
         });
     }
 
     /// The store made a channel's writes durable.
-    pub(super) fn channel_stored(&mut self, channel: Ulid, seq: u64, election: u64, out: &mut Vec<Effect>) {
-        self.each_channel(vec![channel], out, |c, o| c.stored(seq, election, o));
+    pub(super) fn stored(&mut self, channel: Ulid, seq: u64, election: u64, ob: &mut Outbox<'_>) {
+        self.each_channel(vec![channel], ob, |c, o| c.stored(seq, election, o));
     }
 
     /// History read for a `CH_PULL`: answer it as one `CH_APPEND` page.
-    pub(super) fn channel_pulled(
-        &mut self,
-        conn: ConnId,
-        channel: Ulid,
-        anchor: Option<Ulid>,
-        entries: Vec<HistoryEntry>,
-        more: bool,
-        out: &mut Vec<Effect>,
-    ) {
-        self.channels.pulls_in_flight.remove(&conn);
-        if self.presence.is_open(conn) {
-            let frame = append_page(self.limits.max_payload, channel, anchor, entries, more);
-            out.push(Effect::Send { conn, frame });
+    pub(super) fn pulled(&mut self, pull: Pulled, limits: &Limits, ob: &mut Outbox<'_>) {
+        let Pulled { conn, channel, anchor, entries, more } = pull;
+        self.pulls_in_flight.remove(&conn);
+        if ob.presence.is_open(conn) {
+            let frame = append_page(limits.max_payload, channel, anchor, entries, more);
+            ob.send(conn, frame);
         }
     }
 
     /// Expires what is due in every channel and prunes the live ids.
-    pub(super) fn channels_tick(&mut self, now: u64, out: &mut Vec<Effect>) {
-        let ids: Vec<Ulid> = self.channels.by_id.keys().copied().collect();
-        self.each_channel(ids, out, |c, o| c.tick(now, o));
-        let by_id = &self.channels.by_id;
-        self.channels.live_msgs.retain(|msg, c| by_id.get(c).is_some_and(|c| c.is_live(msg)));
+    pub(super) fn tick(&mut self, now: u64, ob: &mut Outbox<'_>) {
+        let ids: Vec<Ulid> = self.by_id.keys().copied().collect();
+        self.each_channel(ids, ob, |c, o| c.tick(now, o));
+        let by_id = &self.by_id;
+        self.live_msgs.retain(|msg, c| by_id.get(c).is_some_and(|c| c.is_live(msg)));
     }
 
     /// Channel commands (PROTOCOL.md §7).
-    pub(super) fn channel_command(
+    #[allow(clippy::too_many_arguments)] // the command, who sent it, and the step's context
+    pub(super) fn command(
         &mut self,
         conn: ConnId,
         me: Ulid,
         command: Command,
         now: u64,
-        out: &mut Vec<Effect>,
+        limits: &Limits,
+        ids: &mut IdSource,
+        ob: &mut Outbox<'_>,
     ) -> Result<(), ProtoError> {
         match command {
-            Command::ChNew { name } => self.create_channel(me, name, now, out),
+            Command::ChNew { name } => self.create(me, name, now, limits, ids, ob),
             Command::ChJoin { id } => {
-                let channel = self.channels.by_id.get(&id);
+                let channel = self.by_id.get(&id);
                 let newcomer = channel.is_some_and(|c| !c.is_member(&me));
-                if newcomer && channel.is_some_and(|c| c.members().len() >= self.limits.max_members) {
+                if newcomer && channel.is_some_and(|c| c.members().len() >= limits.max_members) {
                     return Err(ProtoError::new(
                         ErrorCode::RateLimited,
                         "the channel has its maximum number of members",
                     ));
                 }
                 if newcomer {
-                    self.channels.check_room(me, self.limits.max_channels_per_account)?;
+                    self.check_room(me, limits.max_channels_per_account)?;
                 }
-                self.with_channel(id, out, |c, o| c.join(me, o))?;
-                self.channels.memberships.entry(me).or_default().insert(id);
+                self.with_channel(id, ob, |c, o| c.join(me, o))?;
+                self.memberships.entry(me).or_default().insert(id);
                 Ok(())
             }
             Command::ChLeave { id } => {
-                self.with_channel(id, out, |c, o| c.leave(me, o))?;
-                if let Some(set) = self.channels.memberships.get_mut(&me) {
+                self.with_channel(id, ob, |c, o| c.leave(me, o))?;
+                if let Some(set) = self.memberships.get_mut(&me) {
                     set.remove(&id);
                 }
                 Ok(())
             }
             Command::ChLst => {
-                let mut entries: Vec<_> = self.channels.by_id.values().map(Channel::list_entry).collect();
+                let mut entries: Vec<_> = self.by_id.values().map(Channel::list_entry).collect();
                 entries.sort_by_cached_key(|c| c.name.to_ascii_lowercase());
-                let per_page = per_page(self.limits.max_payload, CHANNEL_ENTRY_MAX);
+                let per_page = per_page(limits.max_payload, CHANNEL_ENTRY_MAX);
                 for frame in pages(entries, per_page, |channels, more| Outbound::event(&LstCh { channels, more })) {
-                    out.push(Effect::Send { conn, frame });
+                    ob.out.push(Effect::Send { conn, frame });
                 }
                 Ok(())
             }
-            Command::ChLead { channel, election } => self.with_channel(channel, out, |c, o| c.lead(me, election, o)),
+            Command::ChLead { channel, election } => self.with_channel(channel, ob, |c, o| c.lead(me, election, o)),
             Command::ChVote { channel, election, user } => {
-                self.with_channel(channel, out, |c, o| c.vote(me, election, user, o))
+                self.with_channel(channel, ob, |c, o| c.vote(me, election, user, o))
             }
             Command::ChMsg { id, msg_id, msg } => {
                 // Membership first: non-members learn nothing about ids in use.
-                self.channels.member_of(me, id)?;
-                if self.channels.live_channel(&msg_id).is_some() {
+                self.member_of(me, id)?;
+                if self.live_channel(&msg_id).is_some() {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, "this msg_id is in use"));
                 }
-                self.with_channel(id, out, |c, o| c.message(me, msg_id, msg, now, o))?;
-                self.channels.live_msgs.insert(msg_id, id);
+                self.with_channel(id, ob, |c, o| c.message(me, msg_id, msg, now, o))?;
+                self.live_msgs.insert(msg_id, id);
                 Ok(())
             }
             Command::AckChMsg { id, ids } if ids.is_empty() => {
-                let channel = self.channels.message_channel(me, &id)?;
-                self.with_channel(channel, out, |c, o| c.ack(me, id, o))
+                let channel = self.message_channel(me, &id)?;
+                self.with_channel(channel, ob, |c, o| c.ack(me, id, o))
             }
             Command::AckChMsg { id, ids } => {
                 // Batching (§7.9): each id as its own ACK_CH_MSG, in frame order.
                 let mut first_error = None;
                 for msg_id in std::iter::once(id).chain(ids) {
                     let result = self
-                        .channels
                         .message_channel(me, &msg_id)
-                        .and_then(|channel| self.with_channel(channel, out, |c, o| c.ack(me, msg_id, o)));
+                        .and_then(|channel| self.with_channel(channel, ob, |c, o| c.ack(me, msg_id, o)));
                     if let (Err(e), None) = (result, &first_error) {
                         first_error = Some(ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)));
                     }
@@ -305,9 +279,8 @@ impl Relay {
                 let mut first_error = None;
                 for msg_id in std::iter::once(id).chain(ids) {
                     let result = self
-                        .channels
                         .message_channel(me, &msg_id)
-                        .and_then(|channel| self.with_channel(channel, out, |c, o| c.commit(me, msg_id, &acks, o)));
+                        .and_then(|channel| self.with_channel(channel, ob, |c, o| c.commit(me, msg_id, &acks, o)));
                     if let (Err(e), None) = (result, &first_error) {
                         let e = if batched { ProtoError::new(e.code, format!("{msg_id}: {}", e.reason)) } else { e };
                         first_error = Some(e);
@@ -316,32 +289,32 @@ impl Relay {
                 first_error.map_or(Ok(()), Err)
             }
             Command::ChAckReq { id, users } => {
-                let channel = self.channels.live_channel(&id).ok_or_else(|| {
+                let channel = self.live_channel(&id).ok_or_else(|| {
                     ProtoError::new(ErrorCode::UnknownMsg, "no merge of that message awaits confirmation")
                 })?;
-                self.with_channel(channel, out, |c, o| c.ack_request(me, id, &users, o))
+                self.with_channel(channel, ob, |c, o| c.ack_request(me, id, &users, o))
             }
             Command::ChMerge { id, msg } => {
-                self.channels.member_of(me, id)?;
-                if let Some(taken) = msg.iter().find(|m| self.channels.live_channel(&m.id).is_some_and(|c| c != id)) {
+                self.member_of(me, id)?;
+                if let Some(taken) = msg.iter().find(|m| self.live_channel(&m.id).is_some_and(|c| c != id)) {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, format!("msg_id {} is in use", taken.id)));
                 }
-                for msg_id in self.with_channel(id, out, |c, o| c.merge(me, msg, now, o))? {
-                    self.channels.live_msgs.insert(msg_id, id);
+                for msg_id in self.with_channel(id, ob, |c, o| c.merge(me, msg, now, o))? {
+                    self.live_msgs.insert(msg_id, id);
                 }
                 Ok(())
             }
             Command::ChPull { id, anchor } => {
-                let c = self.channels.member_of(me, id)?;
+                let c = self.member_of(me, id)?;
                 let after_seq = match anchor {
                     None => 0,
                     Some(a) => c.seq_of(&a).ok_or_else(|| ProtoError::new(ErrorCode::UnknownMsg, "unknown anchor"))?,
                 };
-                if !self.channels.pulls_in_flight.insert(conn) {
+                if !self.pulls_in_flight.insert(conn) {
                     return Err(ProtoError::new(ErrorCode::RateLimited, "wait for the answer to your last CH_PULL"));
                 }
-                let (limit, max_bytes) = (self.limits.pull_page, self.limits.max_payload);
-                out.push(Effect::Pull(PullRequest { conn, channel: id, anchor, after_seq, limit, max_bytes }));
+                let (limit, max_bytes) = (limits.pull_page, limits.max_payload);
+                ob.out.push(Effect::Pull(PullRequest { conn, channel: id, anchor, after_seq, limit, max_bytes }));
                 Ok(())
             }
             other => {
@@ -350,27 +323,35 @@ impl Relay {
         }
     }
 
-    fn create_channel(&mut self, me: Ulid, name: String, now: u64, out: &mut Vec<Effect>) -> Result<(), ProtoError> {
+    fn create(
+        &mut self,
+        me: Ulid,
+        name: String,
+        now: u64,
+        limits: &Limits,
+        ids: &mut IdSource,
+        ob: &mut Outbox<'_>,
+    ) -> Result<(), ProtoError> {
         if !valid_channel_name(&name) {
             return Err(ProtoError::new(
                 ErrorCode::BadPayload,
                 format!("invalid channel name: use 1 to {MAX_CHANNEL_NAME_LEN} of A-Z a-z 0-9 _ . - #"),
             ));
         }
-        if self.channels.names.contains_key(&name.to_ascii_lowercase()) {
+        if self.names.contains_key(&name.to_ascii_lowercase()) {
             return Err(ProtoError::new(ErrorCode::NameTaken, "a channel with that name exists"));
         }
-        if self.channels.by_id.len() >= self.limits.max_channels {
+        if self.by_id.len() >= limits.max_channels {
             return Err(ProtoError::new(ErrorCode::RateLimited, "the server has its maximum number of channels"));
         }
-        self.channels.check_room(me, self.limits.max_channels_per_account)?;
-        let id = self.ids.next();
-        let mut channel = Channel::new(id, name, self.limits.channel_limits());
-        let mut effects = std::mem::take(&mut self.channels.scratch);
+        self.check_room(me, limits.max_channels_per_account)?;
+        let id = ids.next();
+        let mut channel = Channel::new(id, name, limits.channel_limits());
+        let mut effects = std::mem::take(&mut self.scratch);
         channel.create(me, now, &mut effects);
-        self.channels.insert(channel);
-        self.route(&mut effects, out);
-        self.channels.scratch = effects;
+        self.insert(channel);
+        ob.route(&mut effects);
+        self.scratch = effects;
         Ok(())
     }
 }

@@ -2,191 +2,45 @@
 //!
 //! `step(input, now)` appends [`Effect`]s: frames addressed to connections,
 //! connections to close, store writes and reads. It knows nothing of
-//! sockets, tasks or clocks. The relay itself only checks nonces and routes:
-//! each command goes, by its family in the command table
-//! (`sigil_proto::command::COMMANDS`), to the module that handles it.
+//! sockets, tasks or clocks. The relay itself checks nonces and routes: each
+//! command goes, by its family in the command table
+//! (`sigil_proto::command::COMMANDS`), to the part that handles it, and an
+//! input that concerns several parts (a session starts or ends, an account
+//! changes) is handed to each in turn.
 //!
 //! | module | owns | commands |
 //! | --- | --- | --- |
-//! | [`presence`] | accounts, sessions, who is online | `CNN` (as [`Input::Open`]), `KALIVE`, `DCNN`, `INFO`, `LST_USR`, `CNN_USR` |
+//! | [`presence`] | accounts, sessions, who is online | `KALIVE`, `INFO`, `LST_USR`, `CNN_USR` (`CNN` and `DCNN` start and end sessions here, in `mod.rs`) |
 //! | [`private`] | the private-message delivery ledger | `PV_MSG`, `ACK_MSG` |
 //! | [`channels`] | the channel registry, routing to each [`Channel`](crate::channel::Channel) | `CH_*`, `ACK_CH_MSG` |
 //! | [`acks`] | channel acks gathered across frames (§7.9) | — |
+//! | [`outbox`] | routing output: users to connections, acks to the gatherer | — |
 //! | [`paging`] | lists split to fit `max_payload` | — |
+//! | [`types`] | [`Input`], [`Effect`], [`IdSource`] | — |
+//!
+//! The arrows point one way: `mod.rs` → `channels` → `outbox` → `presence`,
+//! `acks` → `types`; `private` → `presence`; no part knows the `Relay`.
 
 mod acks;
 pub mod channels;
+mod outbox;
 pub mod paging;
 mod presence;
 mod private;
+mod types;
 
 use sigil_proto::command::{Envelope, Family, Request};
-use sigil_proto::event::HistoryEntry;
-use sigil_proto::{Command, Outbound, ProtoError};
+use sigil_proto::event::{Ucnn, Udcnn, UserPresence, UsrAdd, UsrRmd};
+use sigil_proto::{Command, ErrorCode, Outbound, ProtoError};
 use ulid::Ulid;
 
-use crate::channel::StoreOp;
+use crate::channel::{Channel, ChannelSnapshot};
 use crate::config::Limits;
 use crate::replay::ReplayGuard;
 pub use channels::valid_channel_name;
+use outbox::Outbox;
 pub use paging::MAX_CHANNEL_NAME_LEN;
-
-/// A connection, as the shell numbers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-/// What happens to the relay.
-#[derive(Debug)]
-pub enum Input {
-    /// A connection passed CNN's signature and time checks.
-    Open {
-        /// The connection.
-        conn: ConnId,
-        /// The account it authenticated as.
-        account: Ulid,
-        /// The key revision its tag was checked with.
-        key_rev: u64,
-        /// The CNN's nonce and timestamp.
-        envelope: Envelope,
-        /// The session takes batched frames (PROTOCOL.md §7.9).
-        batch: bool,
-    },
-    /// A verified request on an authenticated connection.
-    Request {
-        /// The connection.
-        conn: ConnId,
-        /// The request.
-        request: Request,
-    },
-    /// A verified frame refused with a non-fatal error.
-    Reject {
-        /// The connection.
-        conn: ConnId,
-        /// Its envelope, when readable.
-        envelope: Option<Envelope>,
-        /// The error.
-        error: ProtoError,
-    },
-    /// A connection is gone (any reason). Idempotent.
-    Closed {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// An account was created or its key rotated.
-    AccountUpserted {
-        /// The account.
-        id: Ulid,
-        /// Its name.
-        name: String,
-        /// Its key revision.
-        key_rev: u64,
-    },
-    /// An account was removed.
-    AccountRemoved {
-        /// The account.
-        id: Ulid,
-    },
-    /// Time passed: expire what is due.
-    Tick,
-    /// Nothing more is waiting: send the acks gathered so far (§7.9). The
-    /// shell sends this when its inbox is empty; any input other than an
-    /// `ACK_CH_MSG` does the same first, so frames keep their order.
-    Flush,
-    /// The store made a channel's writes durable.
-    Stored {
-        /// The channel.
-        channel: Ulid,
-        /// The last durable history position (0: none in this batch).
-        seq: u64,
-        /// The highest durable election number (0: none in this batch).
-        election: u64,
-    },
-    /// History read for a `CH_PULL`.
-    Pulled {
-        /// The asking connection.
-        conn: ConnId,
-        /// The channel.
-        channel: Ulid,
-        /// The anchor the client gave.
-        anchor: Option<Ulid>,
-        /// Messages after it, in commit order (at most the page size).
-        entries: Vec<HistoryEntry>,
-        /// More history follows these entries.
-        more: bool,
-    },
-}
-
-/// What the shell must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// Queue a frame to a connection.
-    Send {
-        /// The connection.
-        conn: ConnId,
-        /// The frame.
-        frame: Outbound,
-    },
-    /// Close a connection after what is queued and then `last`, if any.
-    Close {
-        /// The connection.
-        conn: ConnId,
-        /// The final frame (an `ERR`), if any.
-        last: Option<Outbound>,
-    },
-    /// Write to the store; appends are reported back as [`Input::Stored`].
-    Store(StoreOp),
-    /// Read history for a `CH_PULL`; answered as [`Input::Pulled`].
-    Pull(PullRequest),
-}
-
-/// A history read for a `CH_PULL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PullRequest {
-    /// The asking connection.
-    pub conn: ConnId,
-    /// The channel.
-    pub channel: Ulid,
-    /// The anchor the client gave.
-    pub anchor: Option<Ulid>,
-    /// Read positions after this one.
-    pub after_seq: u64,
-    /// At most this many messages.
-    pub limit: usize,
-    /// Stop reading once the messages' content passes this many bytes.
-    pub max_bytes: usize,
-}
-
-/// Where the relay's new ids (channel ids) come from. The core makes none
-/// itself, so it reads no clock and draws no randomness: the server passes
-/// `IdSource::new(Ulid::new)`, a simulation a counter, and a run replays exactly.
-pub struct IdSource(Box<dyn FnMut() -> Ulid + Send>);
-
-impl IdSource {
-    /// Ids from `next`.
-    pub fn new(next: impl FnMut() -> Ulid + Send + 'static) -> Self {
-        Self(Box::new(next))
-    }
-
-    /// `first`, `first + 1`, …: deterministic, for tests and simulations.
-    pub fn counter(first: u128) -> Self {
-        let mut n = first;
-        Self::new(move || {
-            let id = Ulid::from(n);
-            n = n.wrapping_add(1);
-            id
-        })
-    }
-
-    pub(crate) fn next(&mut self) -> Ulid {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for IdSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdSource")
-    }
-}
+pub use types::{ConnId, Effect, IdSource, Input, PullRequest};
 
 /// The relay's state: one part per concern, see the module doc.
 #[derive(Debug)]
@@ -200,6 +54,13 @@ pub struct Relay {
     private: private::Ledger,
     channels: channels::Channels,
     acks: acks::AckGatherer,
+}
+
+/// An [`Outbox`] over the relay's parts, leaving the others free to borrow.
+macro_rules! outbox {
+    ($relay:ident, $out:expr) => {
+        &mut Outbox::new(&$relay.presence, &mut $relay.acks, $relay.limits.max_payload, $out)
+    };
 }
 
 impl Relay {
@@ -219,6 +80,16 @@ impl Relay {
             channels: Default::default(),
             acks: Default::default(),
         }
+    }
+
+    /// Adds a channel as the store holds it (at start).
+    pub fn restore_channel(&mut self, snapshot: ChannelSnapshot) {
+        self.channels.restore(snapshot, &self.limits);
+    }
+
+    /// A channel, for inspection.
+    pub fn channel(&self, id: &Ulid) -> Option<&Channel> {
+        self.channels.get(id)
     }
 
     /// The `SINFO` frame (unsigned form is `.unsigned()`).
@@ -241,7 +112,7 @@ impl Relay {
         let gathers =
             matches!(&input, Input::Request { request, .. } if matches!(request.command, Command::AckChMsg { .. }));
         if !gathers {
-            self.flush_acks(out);
+            outbox!(self, out).flush_acks();
         }
         match input {
             Input::Flush => {}
@@ -270,12 +141,15 @@ impl Relay {
             Input::Closed { conn } => self.end_session(conn, None, out),
             Input::AccountUpserted { id, name, key_rev } => self.account_upserted(id, name, key_rev, out),
             Input::AccountRemoved { id } => self.account_removed(id, out),
-            Input::Stored { channel, seq, election } => self.channel_stored(channel, seq, election, out),
+            Input::Stored { channel, seq, election } => {
+                self.channels.stored(channel, seq, election, outbox!(self, out))
+            }
             Input::Pulled { conn, channel, anchor, entries, more } => {
-                self.channel_pulled(conn, channel, anchor, entries, more, out)
+                let pull = channels::Pulled { conn, channel, anchor, entries, more };
+                self.channels.pulled(pull, &self.limits, outbox!(self, out));
             }
             Input::Tick => {
-                self.channels_tick(now, out);
+                self.channels.tick(now, outbox!(self, out));
                 self.replay.sweep(now);
                 self.private.expire(now);
             }
@@ -301,27 +175,105 @@ impl Relay {
         }
     }
 
-    /// Hands a verified request to the module its family names; answers its error.
+    /// Hands a verified request to the part its family names; answers its error.
     fn dispatch(&mut self, conn: ConnId, me: Ulid, request: Request, now: u64, out: &mut Vec<Effect>) {
         let nonce = request.envelope.nonce;
         let command = request.command;
-        let result = match command.info().family {
-            Family::Session | Family::Users => self.presence_command(conn, me, command, out),
-            Family::Private => self.private_command(me, command, now, out),
-            Family::Channel => self.channel_command(conn, me, command, now, out),
+        let result = match (command.info().family, command) {
+            // Ending a session concerns every part.
+            (_, Command::Dcnn) => {
+                self.end_session(conn, None, out);
+                Ok(())
+            }
+            (Family::Session | Family::Users, command) => {
+                self.presence.command(conn, me, command, &self.sinfo, self.limits.max_payload, out)
+            }
+            (Family::Private, command) => self.private.command(&self.presence, me, command, now, &self.limits, out),
+            (Family::Channel, command) => {
+                let ob = outbox!(self, out);
+                self.channels.command(conn, me, command, now, &self.limits, &mut self.ids, ob)
+            }
         };
         if let Err(e) = result {
             // No frame overtakes gathered acks (§7.9).
-            self.flush_acks(out);
+            outbox!(self, out).flush_acks();
             out.push(Effect::Send { conn, frame: Outbound::error(&e.with_ref(nonce)) });
         }
     }
 
-    /// Sends the gathered channel acks (see [`acks`]).
-    fn flush_acks(&mut self, out: &mut Vec<Effect>) {
-        let presence = &self.presence;
-        let frames = self.acks.flush(self.limits.max_payload, |c| presence.is_open(c), |c| presence.is_batching(c));
-        out.extend(frames.into_iter().map(|(conn, frame)| Effect::Send { conn, frame }));
+    /// A connection passed CNN's signature and time checks: check the key
+    /// revision and nonce, replace an older session, announce it.
+    fn open(&mut self, conn: ConnId, account: Ulid, key_rev: u64, envelope: Envelope, now: u64, out: &mut Vec<Effect>) {
+        let refuse = |e: ProtoError, out: &mut Vec<Effect>| {
+            out.push(Effect::Close { conn, last: Some(Outbound::error(&e).unsigned()) });
+        };
+        let name = match self.presence.check_key(&account, key_rev) {
+            Ok(name) => name,
+            Err(e) => return refuse(e, out),
+        };
+        if let Err(e) = self.replay.check(account, envelope.timestamp, envelope.nonce, now) {
+            return refuse(ProtoError::from(e).with_ref(envelope.nonce), out);
+        }
+        if let Some(old) = self.presence.conn_of(&account) {
+            let e = ProtoError::new(ErrorCode::SessionReplaced, "a new session for this account connected");
+            self.end_session(old, Some(Outbound::error(&e)), out);
+        }
+        self.presence.start(conn, account);
+        let ucnn = Outbound::event(&Ucnn(UserPresence { id: account, name }));
+        out.push(Effect::Send { conn, frame: ucnn.clone() });
+        self.broadcast(ucnn, Some(conn), out);
+        // Then one CH_STATUS per channel it is a member of (and recounts for the others).
+        self.channels.session_up(account, outbox!(self, out));
+    }
+
+    /// Ends a session: closes it (with `last`, if given) and tells everyone else.
+    fn end_session(&mut self, conn: ConnId, last: Option<Outbound>, out: &mut Vec<Effect>) {
+        // No frame overtakes gathered acks (§7.9).
+        outbox!(self, out).flush_acks();
+        self.channels.forget_conn(conn);
+        let Some(account) = self.presence.stop(conn) else { return };
+        out.push(Effect::Close { conn, last });
+        let name = self.presence.name_of(&account);
+        self.broadcast(Outbound::event(&Udcnn(UserPresence { id: account, name })), None, out);
+        self.channels.session_down(account, outbox!(self, out));
+    }
+
+    /// An account was created or its key rotated.
+    fn account_upserted(&mut self, id: Ulid, name: String, key_rev: u64, out: &mut Vec<Effect>) {
+        let (new, rotated) = self.presence.upsert(id, name, key_rev);
+        if let Some(entry) = new {
+            self.broadcast(Outbound::event(&UsrAdd(entry)), None, out);
+        }
+        if let Some(conn) = self.presence.conn_of(&id).filter(|_| rotated) {
+            let e =
+                ProtoError::new(ErrorCode::AuthFailed, "this account's key was rotated: reconnect with the new key");
+            self.end_session(conn, Some(Outbound::error(&e)), out);
+        }
+    }
+
+    /// An account was removed: end its session, take it out of its channels, announce it.
+    fn account_removed(&mut self, id: Ulid, out: &mut Vec<Effect>) {
+        if !self.presence.knows(&id) {
+            return;
+        }
+        // End the session first: its UDCNN still names the account.
+        if let Some(conn) = self.presence.conn_of(&id) {
+            let e = ProtoError::new(ErrorCode::AccountRemoved, "this account was removed");
+            self.end_session(conn, Some(Outbound::error(&e)), out);
+        }
+        self.channels.account_removed(id, outbox!(self, out));
+        self.presence.remove(&id);
+        self.replay.forget(&id);
+        self.broadcast(Outbound::event(&UsrRmd { id }), None, out);
+    }
+
+    /// Sends `frame` to every session except `except`.
+    fn broadcast(&self, frame: Outbound, except: Option<ConnId>, out: &mut Vec<Effect>) {
+        for conn in self.presence.connections() {
+            if Some(conn) != except {
+                out.push(Effect::Send { conn, frame: frame.clone() });
+            }
+        }
     }
 }
 

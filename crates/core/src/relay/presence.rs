@@ -5,17 +5,18 @@
 //! [`Input::Open`](super::Input::Open)), `KALIVE`, `DCNN`, `INFO`, `LST_USR`,
 //! `CNN_USR`.
 //!
-//! [`Presence`] is the state; the `impl Relay` below runs the commands and
-//! tells the channels when a member comes or goes.
+//! [`Presence`] is the state and runs the commands that read only it; the
+//! relay (`mod.rs`) starts and ends sessions through it and tells the
+//! channels when a member comes or goes.
 
 use std::collections::{HashMap, HashSet};
 
-use sigil_proto::event::{Outbound, Ucnn, Udcnn, UserEntry, UserPresence, UsrAdd, UsrHsk, UsrLst, UsrRmd};
-use sigil_proto::{Command, Envelope, ErrorCode, ProtoError};
+use sigil_proto::event::{Outbound, UserEntry, UsrHsk, UsrLst};
+use sigil_proto::{Command, ErrorCode, ProtoError};
 use ulid::Ulid;
 
 use super::paging::{pages, per_page, USER_ENTRY_MAX};
-use super::{ConnId, Effect, Relay};
+use super::types::{ConnId, Effect};
 use crate::session::AUTH_FAILED_REASON;
 
 #[derive(Debug, Clone)]
@@ -67,12 +68,13 @@ impl Presence {
         self.conn_of(&to).ok_or_else(|| ProtoError::new(ErrorCode::UserOffline, "that user is offline"))
     }
 
-    fn name_of(&self, account: &Ulid) -> String {
+    /// The account's name (empty when unknown).
+    pub(super) fn name_of(&self, account: &Ulid) -> String {
         self.accounts.get(account).map(|a| a.name.clone()).unwrap_or_default()
     }
 
     /// Starts a session; returns the one it replaces, if any.
-    fn start(&mut self, conn: ConnId, account: Ulid) -> Option<ConnId> {
+    pub(super) fn start(&mut self, conn: ConnId, account: Ulid) -> Option<ConnId> {
         let old = self.online.insert(account, conn);
         self.sessions.insert(conn, account);
         old
@@ -86,7 +88,7 @@ impl Presence {
     }
 
     /// Ends a session; returns its account if it was one.
-    fn stop(&mut self, conn: ConnId) -> Option<Ulid> {
+    pub(super) fn stop(&mut self, conn: ConnId) -> Option<Ulid> {
         self.batching.remove(&conn);
         let account = self.sessions.remove(&conn)?;
         if self.online.get(&account) == Some(&conn) {
@@ -96,7 +98,7 @@ impl Presence {
     }
 
     /// Every authenticated connection.
-    fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+    pub(super) fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.sessions.keys().copied()
     }
 
@@ -113,122 +115,58 @@ impl Presence {
         users.sort_by_cached_key(|u| (u.name.to_ascii_lowercase(), u.id));
         users
     }
-}
 
-impl Relay {
-    /// A connection passed CNN's signature and time checks: check the key
-    /// revision and nonce, replace an older session, announce it.
-    pub(super) fn open(
-        &mut self,
-        conn: ConnId,
-        account: Ulid,
-        key_rev: u64,
-        envelope: Envelope,
-        now: u64,
-        out: &mut Vec<Effect>,
-    ) {
-        let refuse = |e: ProtoError, out: &mut Vec<Effect>| {
-            out.push(Effect::Close { conn, last: Some(Outbound::error(&e).unsigned()) });
-        };
-        let Some(info) = self.presence.accounts.get(&account) else {
-            return refuse(ProtoError::new(ErrorCode::AuthFailed, AUTH_FAILED_REASON), out);
-        };
-        if info.key_rev != key_rev {
-            return refuse(ProtoError::new(ErrorCode::AuthFailed, AUTH_FAILED_REASON), out);
+    /// The name of `account` if `key_rev` is its current key revision: a CNN
+    /// checked with an older key, or for an account removed since, fails.
+    pub(super) fn check_key(&self, account: &Ulid, key_rev: u64) -> Result<String, ProtoError> {
+        match self.accounts.get(account) {
+            Some(a) if a.key_rev == key_rev => Ok(a.name.clone()),
+            _ => Err(ProtoError::new(ErrorCode::AuthFailed, AUTH_FAILED_REASON)),
         }
-        let name = info.name.clone();
-        if let Err(e) = self.replay.check(account, envelope.timestamp, envelope.nonce, now) {
-            return refuse(ProtoError::from(e).with_ref(envelope.nonce), out);
-        }
-        if let Some(old) = self.presence.conn_of(&account) {
-            let e = ProtoError::new(ErrorCode::SessionReplaced, "a new session for this account connected");
-            self.end_session(old, Some(Outbound::error(&e)), out);
-        }
-        self.presence.start(conn, account);
-        let ucnn = Outbound::event(&Ucnn(UserPresence { id: account, name }));
-        out.push(Effect::Send { conn, frame: ucnn.clone() });
-        self.broadcast(ucnn, Some(conn), out);
-        // Then one CH_STATUS per channel it is a member of (and recounts for the others).
-        self.channels_session_up(account, out);
     }
 
-    /// Ends a session: closes it (with `last`, if given) and tells everyone else.
-    pub(super) fn end_session(&mut self, conn: ConnId, last: Option<Outbound>, out: &mut Vec<Effect>) {
-        // No frame overtakes gathered acks (§7.9).
-        self.flush_acks(out);
-        self.channels.forget_conn(conn);
-        let Some(account) = self.presence.stop(conn) else { return };
-        out.push(Effect::Close { conn, last });
-        let name = self.presence.name_of(&account);
-        self.broadcast(Outbound::event(&Udcnn(UserPresence { id: account, name })), None, out);
-        self.channels_session_down(account, out);
-    }
-
-    /// An account was created or its key rotated.
-    pub(super) fn account_upserted(&mut self, id: Ulid, name: String, key_rev: u64, out: &mut Vec<Effect>) {
-        match self.presence.accounts.get_mut(&id) {
+    /// Records an account as created or changed. Returns its `USR_ADD` entry
+    /// when it is new, and whether its key was rotated.
+    pub(super) fn upsert(&mut self, id: Ulid, name: String, key_rev: u64) -> (Option<UserEntry>, bool) {
+        match self.accounts.get_mut(&id) {
             None => {
-                self.presence.accounts.insert(id, Account { name: name.clone(), key_rev });
-                let entry = UserEntry { id, status: "offline".to_owned(), name };
-                self.broadcast(Outbound::event(&UsrAdd(entry)), None, out);
+                self.accounts.insert(id, Account { name: name.clone(), key_rev });
+                (Some(UserEntry { id, status: "offline".to_owned(), name }), false)
             }
             Some(account) => {
                 account.name = name;
-                if account.key_rev != key_rev {
-                    account.key_rev = key_rev;
-                    if let Some(conn) = self.presence.conn_of(&id) {
-                        let e = ProtoError::new(
-                            ErrorCode::AuthFailed,
-                            "this account's key was rotated: reconnect with the new key",
-                        );
-                        self.end_session(conn, Some(Outbound::error(&e)), out);
-                    }
-                }
+                let rotated = account.key_rev != key_rev;
+                account.key_rev = key_rev;
+                (None, rotated)
             }
         }
     }
 
-    /// An account was removed: end its session, take it out of its channels, announce it.
-    pub(super) fn account_removed(&mut self, id: Ulid, out: &mut Vec<Effect>) {
-        if !self.presence.accounts.contains_key(&id) {
-            return;
-        }
-        // End the session first: its UDCNN still names the account.
-        if let Some(conn) = self.presence.conn_of(&id) {
-            let e = ProtoError::new(ErrorCode::AccountRemoved, "this account was removed");
-            self.end_session(conn, Some(Outbound::error(&e)), out);
-        }
-        self.channels_account_removed(id, out);
-        self.presence.accounts.remove(&id);
-        self.replay.forget(&id);
-        self.broadcast(Outbound::event(&UsrRmd { id }), None, out);
+    /// True when the account exists.
+    pub(super) fn knows(&self, id: &Ulid) -> bool {
+        self.accounts.contains_key(id)
     }
 
-    /// Sends `frame` to every session except `except`.
-    pub(super) fn broadcast(&self, frame: Outbound, except: Option<ConnId>, out: &mut Vec<Effect>) {
-        for conn in self.presence.connections() {
-            if Some(conn) != except {
-                out.push(Effect::Send { conn, frame: frame.clone() });
-            }
-        }
+    /// Forgets an account (its session was ended first).
+    pub(super) fn remove(&mut self, id: &Ulid) {
+        self.accounts.remove(id);
     }
 
-    /// Session and user commands: `KALIVE`, `INFO`, `DCNN`, `CNN` (again), `LST_USR`, `CNN_USR`.
-    pub(super) fn presence_command(
-        &mut self,
+    /// Session and user commands that read only who is online: `KALIVE`,
+    /// `INFO`, `CNN` (again), `LST_USR`, `CNN_USR`.
+    pub(super) fn command(
+        &self,
         conn: ConnId,
         me: Ulid,
         command: Command,
+        sinfo: &Outbound,
+        max_payload: usize,
         out: &mut Vec<Effect>,
     ) -> Result<(), ProtoError> {
         match command {
             Command::Kalive => Ok(()),
             Command::Info => {
-                out.push(Effect::Send { conn, frame: self.sinfo.clone() });
-                Ok(())
-            }
-            Command::Dcnn => {
-                self.end_session(conn, None, out);
+                out.push(Effect::Send { conn, frame: sinfo.clone() });
                 Ok(())
             }
             // The session turns a second CNN into a Reject; nothing else sends it here.
@@ -236,15 +174,16 @@ impl Relay {
                 Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated"))
             }
             Command::LstUsr => {
-                let per_page = per_page(self.limits.max_payload, USER_ENTRY_MAX);
-                let users = self.presence.online_users();
-                for frame in pages(users, per_page, |users, more| Outbound::event(&UsrLst { users, more })) {
+                let per_page = per_page(max_payload, USER_ENTRY_MAX);
+                for frame in
+                    pages(self.online_users(), per_page, |users, more| Outbound::event(&UsrLst { users, more }))
+                {
                     out.push(Effect::Send { conn, frame });
                 }
                 Ok(())
             }
             Command::CnnUsr { to } => {
-                let peer = self.presence.target(to)?;
+                let peer = self.target(to)?;
                 out.push(Effect::Send { conn: peer, frame: Outbound::event(&UsrHsk { id: me }) });
                 out.push(Effect::Send { conn, frame: Outbound::event(&UsrHsk { id: to }) });
                 Ok(())

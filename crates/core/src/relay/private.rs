@@ -3,7 +3,7 @@
 //!
 //! [`Ledger`] is the state: one record per delivered, unacknowledged message,
 //! expiring after `pending_ttl_s` and capped (the oldest evicted first).
-//! [`Relay::private_command`] handles the two commands against it.
+//! [`Ledger::command`] handles the two commands against it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -11,7 +11,9 @@ use sigil_proto::event::{Msg, MsgAck, Outbound};
 use sigil_proto::{Command, ErrorCode, ProtoError};
 use ulid::Ulid;
 
-use super::{Effect, Relay};
+use super::presence::Presence;
+use super::types::Effect;
+use crate::config::Limits;
 
 /// Key of a delivered private message awaiting its ack: (recipient, sender, msg_id).
 pub(super) type Delivery = (Ulid, Ulid, Ulid);
@@ -75,36 +77,38 @@ impl Ledger {
     }
 }
 
-impl Relay {
-    /// `PV_MSG` and `ACK_MSG` from `me`.
-    pub(super) fn private_command(
+impl Ledger {
+    /// `PV_MSG` and `ACK_MSG` from `me`; `presence` says who is online.
+    pub(super) fn command(
         &mut self,
+        presence: &Presence,
         me: Ulid,
         command: Command,
         now: u64,
+        limits: &Limits,
         out: &mut Vec<Effect>,
     ) -> Result<(), ProtoError> {
         match command {
             Command::PvMsg { to, msg_id, msg } => {
-                let peer = self.presence.target(to)?;
+                let peer = presence.target(to)?;
                 let key = (to, me, msg_id);
-                if self.private.contains(&key) {
+                if self.contains(&key) {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, "this msg_id is already awaiting its ack"));
                 }
-                let expires = now.saturating_add(self.limits.pending_ttl_s);
-                self.private.record(key, expires, self.limits.max_unacked_private);
+                let expires = now.saturating_add(limits.pending_ttl_s);
+                self.record(key, expires, limits.max_unacked_private);
                 let frame = Outbound::event(&Msg { from: me, msg_id, msg, timestamp: now });
                 out.push(Effect::Send { conn: peer, frame });
                 Ok(())
             }
             Command::AckMsg { from, msg_id } => {
-                if !self.private.settle(&(me, from, msg_id)) {
+                if !self.settle(&(me, from, msg_id)) {
                     return Err(ProtoError::new(
                         ErrorCode::UnknownMsg,
                         "no such message was delivered to you from that user",
                     ));
                 }
-                let Some(peer) = self.presence.conn_of(&from) else {
+                let Some(peer) = presence.conn_of(&from) else {
                     return Err(ProtoError::new(
                         ErrorCode::UserOffline,
                         "the sender is offline; the ack was not delivered",

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use ulid::Ulid;
 
-use super::{validate_name, Storage, StoreError, StoredAccount};
+use super::storage::{validate_name, Storage, StoreError, StoredAccount};
 use sigil_core::{ChannelSnapshot, StoreOp};
 use sigil_proto::event::HistoryEntry;
 use sigil_proto::wire::{SecretKey, KEY_LEN};
@@ -45,7 +45,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew(version));
+            return Err(StoreError::TooNew { found: version, supported: SCHEMA_VERSION });
         }
         if version == SCHEMA_VERSION {
             return Ok(Self { conn });

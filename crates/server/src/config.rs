@@ -1,0 +1,96 @@
+//! What `sigil serve` is configured with: [`Config`] and the shell's defaults.
+//! The protocol's own limits are `sigil_core::Limits`, carried inside.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sigil_core::Limits;
+
+/// Default outbound queue length per connection, in frames (the byte bound
+/// below is what bounds memory; this one bounds per-frame overhead).
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
+/// Default outbound queue size per connection, in payload bytes.
+pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Default connections in total.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default connections from one IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Default frames per second per connection (sustained).
+pub const DEFAULT_RATE: f64 = 200.0;
+/// Default frames a connection may send at once.
+pub const DEFAULT_BURST: f64 = 400.0;
+/// Default time from a frame's first byte to its last (s).
+pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
+
+/// Largest LEN accepted before authentication: a CNN is about 100 bytes and
+/// an unsigned INFO's payload is ignored, so a stranger cannot make the
+/// server hold `max_payload` per connection.
+pub const MAX_PAYLOAD_BEFORE_AUTH: usize = 1024;
+/// Store jobs queued before the hub waits for the disk.
+pub const STORE_QUEUE: usize = 65_536;
+/// How often the account table is polled for changes.
+pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything `sigil serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// SQLite database path.
+    pub db: PathBuf,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Outbound queue length per connection (frames).
+    pub outbound_queue: usize,
+    /// Outbound queue size per connection (payload bytes).
+    pub outbound_bytes: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Frames per second per connection.
+    pub rate: f64,
+    /// Frames a connection may send at once.
+    pub burst: f64,
+    /// Time from a frame's first byte to its last (s).
+    pub frame_timeout_s: u64,
+    /// Overrides `frame_timeout_s` with milliseconds (tests).
+    pub frame_timeout_ms: Option<u64>,
+    /// Overrides `limits.cnn_timeout_s` with milliseconds (tests).
+    pub cnn_timeout_ms: Option<u64>,
+    /// Overrides `limits.timeout_s` with milliseconds (tests).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl Config {
+    /// A configuration with every default, listening on `addr`, storing in `db`.
+    pub fn new(addr: impl Into<String>, db: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: addr.into(),
+            db: db.into(),
+            limits: Limits::default(),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate: DEFAULT_RATE,
+            burst: DEFAULT_BURST,
+            frame_timeout_s: DEFAULT_FRAME_TIMEOUT_S,
+            frame_timeout_ms: None,
+            cnn_timeout_ms: None,
+            idle_timeout_ms: None,
+        }
+    }
+
+    pub(crate) fn cnn_timeout_ms(&self) -> u64 {
+        self.cnn_timeout_ms.unwrap_or(self.limits.cnn_timeout_s.saturating_mul(1000))
+    }
+
+    pub(crate) fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
+    }
+
+    pub(crate) fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms.unwrap_or(self.frame_timeout_s.saturating_mul(1000)))
+    }
+}

@@ -1,0 +1,76 @@
+//! State the server's tasks share: the configuration, the account keys
+//! readers check `CNN` against, the hub's inbox, and the connection limits
+//! (a [`ConnSlot`] per connection, given back on drop).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use ulid::Ulid;
+
+use crate::config::Config;
+use crate::hub::HubMsg;
+use sigil_core::AccountKey;
+use sigil_proto::Outbound;
+
+/// The account keys readers check CNN against.
+pub type Directory = RwLock<HashMap<Ulid, AccountKey>>;
+
+/// State shared by the server's tasks.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) directory: Directory,
+    pub(crate) hub: mpsc::Sender<HubMsg>,
+    pub(crate) sinfo_unsigned: Outbound,
+    pub(crate) tracker: TaskTracker,
+    /// Open connections, in total and per IP address.
+    pub(crate) connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+    /// The last connection id given out.
+    pub(crate) last_conn: AtomicU64,
+}
+
+/// A connection's place in the connection limits, given back on drop.
+pub(crate) struct ConnSlot {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ip: std::net::IpAddr,
+}
+
+impl Shared {
+    /// Takes a connection slot, or says which limit is reached.
+    pub(crate) fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
+        let (total, per_ip) = &mut *guard;
+        if *total >= self.config.max_connections {
+            return Err("too many connections to this server");
+        }
+        let mine = per_ip.entry(ip).or_insert(0);
+        if *mine >= self.config.max_connections_per_ip {
+            return Err("too many connections from your address");
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(ConnSlot { shared: self.clone(), ip })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.shared.connections.lock() {
+            let (total, per_ip) = &mut *guard;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Unix time in seconds.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
