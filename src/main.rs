@@ -136,6 +136,12 @@ struct ServeArgs {
     /// Name announced in SINFO (at most 64 bytes).
     #[arg(long, default_value = "sigil", value_parser = server_name)]
     server_name: String,
+    /// Address of the web listener: GET /metrics (Prometheus text format) and GET /healthz.
+    #[arg(long, default_value = server::DEFAULT_WEB_ADDR)]
+    web: String,
+    /// Run no web listener.
+    #[arg(long)]
+    no_web: bool,
 }
 
 #[derive(Subcommand)]
@@ -286,6 +292,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.frame_timeout_s = args.frame_timeout_s;
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
+    config.web = (!args.no_web).then_some(args.web);
     // Each connection is a descriptor; a common soft limit of 1024 would make
     // accept fail long before --max-connections. Raise it toward the hard limit.
     let wanted = (config.max_connections as u64).saturating_mul(2).saturating_add(64);

@@ -20,8 +20,8 @@ fn expected_index() -> String {
             Sender::Authenticated => "an authenticated session",
         };
         let family = match c.family {
-            Family::Session => "session",
-            Family::Users => "users",
+            Family::Session => "session start and end",
+            Family::Presence => "presence",
             Family::Private => "private messages",
             Family::Channel => "channels",
         };

@@ -11,6 +11,8 @@ use sigil_core::Limits;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
 /// Default outbound queue size per connection, in payload bytes.
 pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Default address of the web listener (`sigil serve --web`).
+pub const DEFAULT_WEB_ADDR: &str = "127.0.0.1:7071";
 /// Default connections in total.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default connections from one IP address.
@@ -60,6 +62,8 @@ pub struct Config {
     pub cnn_timeout_ms: Option<u64>,
     /// Overrides `limits.timeout_s` with milliseconds (tests).
     pub idle_timeout_ms: Option<u64>,
+    /// Address of the web listener (`/metrics`, `/healthz`); `None`: no web listener.
+    pub web: Option<String>,
 }
 
 impl Config {
@@ -79,6 +83,7 @@ impl Config {
             frame_timeout_ms: None,
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
+            web: None,
         }
     }
 

@@ -26,10 +26,12 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::FramedRead;
 use ulid::Ulid;
 
+use crate::clock::now_unix;
 use crate::config::MAX_PAYLOAD_BEFORE_AUTH;
 use crate::hub::HubMsg;
+use crate::metrics::RateLimit;
 use crate::outbound::{CloseMode, ConnHandle, OfferError, KEEP_FRAMES};
-use crate::shared::{now_unix, ConnSlot, Shared};
+use crate::shared::{ConnSlot, Shared};
 use crate::transport::{Transport, WaitReadable};
 use sigil_core::rate::{TokenBucket, Verdict};
 use sigil_core::{ConnId, Input, Session, SessionOutput};
@@ -96,7 +98,8 @@ pub(crate) async fn spawn<T: Transport>(
     let accepted = Instant::now();
     let (read, write) = stream.split();
     let max_bytes = shared.config.outbound_bytes.max(shared.config.limits.max_payload);
-    let handle = Arc::new(ConnHandle::new(shared.config.outbound_queue.max(1), max_bytes));
+    let metrics = shared.metrics.clone();
+    let handle = Arc::new(ConnHandle::counted(shared.config.outbound_queue.max(1), max_bytes, metrics, slot.transport));
     // Registered before the reader runs, so the hub knows the handle before any input.
     if shared.hub.send(HubMsg::Register { conn, handle: handle.clone() }).await.is_err() {
         return;
@@ -180,11 +183,17 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
             Some(Err(e)) => break fatal(ProtoError::from(e)),
             Some(Ok(frame)) => frame,
         };
+        let metrics = &shared.metrics;
+        metrics.frame_received(frame.command.as_str());
         let was_authenticated = session.account().is_some();
         match bucket.take(started.elapsed().as_secs_f64()) {
             Verdict::Allowed => warned = false,
-            Verdict::Flooding => break fatal(ProtoError::new(ErrorCode::RateLimited, "too many frames: closing")),
+            Verdict::Flooding => {
+                metrics.rate_limited(RateLimit::Flood);
+                break fatal(ProtoError::new(ErrorCode::RateLimited, "too many frames: closing"));
+            }
             Verdict::Limited => {
+                metrics.rate_limited(RateLimit::Frames);
                 // One ERR per run of refused frames: answering each would amplify the flood.
                 if !warned {
                     warned = true;
@@ -211,6 +220,7 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
         let input = match output {
             Err(e) => {
                 if e.code == ErrorCode::AuthFailed {
+                    metrics.auth_failures.inc();
                     tracing::info!(conn = conn.0, %peer, "authentication failed");
                 }
                 break fatal(e);
@@ -272,6 +282,7 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
 /// than it reads is a slow consumer like any other.
 fn reply_before_auth(handle: &ConnHandle, frame: Outbound) {
     if handle.offer(frame, None) == Err(OfferError::Full) {
+        handle.metrics().slow_consumers.inc();
         let e = ProtoError::new(ErrorCode::SlowConsumer, "outbound queue full: you are not reading fast enough");
         handle.close(Some(Outbound::error(&e)), CloseMode::Abort);
     }

@@ -15,6 +15,7 @@
 //! per frame (thousands of tags each); and the signing of a big fan-out is
 //! spread over the first writer of each run instead of falling on one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -36,12 +37,20 @@ pub struct SignedRun {
     macs: Vec<Arc<FrameMac>>,
     /// Every recipient's tag, computed by the first writer that needs one.
     tags: OnceLock<Vec<[u8; TAG_LEN]>>,
+    /// A writer has taken on signing the run.
+    claimed: AtomicBool,
 }
 
 impl SignedRun {
     /// A run of `frame` for the sessions keyed with `macs`, not signed yet.
     pub fn new(frame: &Outbound, macs: Vec<Arc<FrameMac>>) -> Self {
-        Self { command: frame.command, payload: frame.payload.clone(), macs, tags: OnceLock::new() }
+        Self {
+            command: frame.command,
+            payload: frame.payload.clone(),
+            macs,
+            tags: OnceLock::new(),
+            claimed: AtomicBool::new(false),
+        }
     }
 
     /// How many recipients the run signs for.
@@ -54,18 +63,23 @@ impl SignedRun {
         self.macs.is_empty()
     }
 
-    /// The tag of recipient `index` (`None` past the run's end), signing the
-    /// whole run if nobody has yet. A writer that arrives while another signs
-    /// waits for it, briefly (a run is at most [`RUN_CHUNK`] tags, computed
-    /// side by side): the run is signed once.
+    /// The tag of recipient `index` (`None` past the run's end). The first
+    /// writer to ask signs the whole run; one that asks while another signs
+    /// signs its own tag alone rather than wait, so no worker thread ever
+    /// blocks on another's signing.
     pub fn tag(&self, index: usize) -> Option<[u8; TAG_LEN]> {
-        let tags = self.tags.get_or_init(|| {
+        if let Some(tags) = self.tags.get() {
+            return tags.get(index).copied();
+        }
+        if !self.claimed.swap(true, Ordering::AcqRel) {
             let macs: Vec<&FrameMac> = self.macs.iter().map(|m| &**m).collect();
             let mut tags = Vec::with_capacity(macs.len());
             sign_many(&macs, self.command.as_bytes(), &self.payload, &mut tags);
-            tags
-        });
-        tags.get(index).copied()
+            let tag = tags.get(index).copied();
+            let _ = self.tags.set(tags);
+            return tag;
+        }
+        self.macs.get(index).map(|mac| mac.sign(self.command.as_bytes(), &self.payload))
     }
 }
 

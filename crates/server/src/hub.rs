@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::group_runs;
 use crate::memory::{release_free_memory, Trimmer};
+use crate::metrics::Metrics;
 use crate::outbound::{CloseMode, ConnHandle, OfferError};
 use crate::store_writer::{StoreJob, StoreReply};
 use sigil_core::{ConnId, Effect, Input, Relay};
@@ -52,6 +53,7 @@ pub(crate) async fn run(
     mut replies: mpsc::UnboundedReceiver<StoreReply>,
     stop: tokio_util::sync::CancellationToken,
     failure: Arc<std::sync::OnceLock<String>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
@@ -77,6 +79,8 @@ pub(crate) async fn run(
                     tracing::debug!(queued, "giving free memory back after a burst");
                     tokio::task::spawn_blocking(release_free_memory);
                 }
+                let (led, leaderless) = relay.channel_counts();
+                metrics.set_channels(led, leaderless);
                 Some(HubMsg::Input(Input::Tick))
             }
         };
@@ -102,7 +106,7 @@ pub(crate) async fn run(
                 pending.push_back(Input::Closed { conn });
             }
         }
-        let now = crate::shared::now_unix();
+        let now = crate::clock::now_unix();
         // Once nothing else waits, the acks the relay gathered go out (§7.9).
         while let Some(input) =
             pending.pop_front().or_else(|| (relay.has_gathered_acks() && rx.is_empty()).then_some(Input::Flush))
@@ -117,9 +121,11 @@ pub(crate) async fn run(
                 conns.remove(&conn);
             }
             // Sign only once the relay accepted the CNN (nonce, key revision).
-            if let Some(conn) = opened.filter(|c| relay.account_of(*c).is_some()) {
-                if let Some(handle) = conns.get(&conn) {
-                    handle.accept_mac();
+            if let Some(conn) = opened {
+                match (relay.account_of(conn), conns.get(&conn)) {
+                    (Some(_), Some(handle)) => handle.accept_mac(),
+                    (None, _) => metrics.auth_failures.inc(),
+                    _ => {}
                 }
             }
             group_runs(&effects, |conn| conns.get(&conn).and_then(|h| h.mac()).cloned(), &mut runs);
@@ -130,6 +136,7 @@ pub(crate) async fn run(
                         match handle.offer(frame, run) {
                             Ok(()) => queued += 1,
                             Err(OfferError::Full) => {
+                                metrics.slow_consumers.inc();
                                 tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
                                 let e = ProtoError::new(
                                     ErrorCode::SlowConsumer,

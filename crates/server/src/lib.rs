@@ -7,16 +7,19 @@
 //! This module wires them together and owns the connection limits; it must
 //! not parse frames or decide anything the relay core decides.
 
+mod clock;
 mod config;
 mod connection;
 pub mod fanout;
 pub mod hub;
 mod memory;
+pub mod metrics;
 pub mod outbound;
 mod shared;
 pub mod store;
 pub mod store_writer;
 pub mod transport;
+mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
+pub use crate::clock::now_unix;
 pub use crate::config::*;
+pub use crate::metrics::Metrics;
+pub use crate::shared::Directory;
 use crate::shared::Shared;
-pub use crate::shared::{now_unix, Directory};
 use crate::store::{Storage, Store, StoreError, StoredAccount};
 use crate::transport::Transport;
 use hub::HubMsg;
@@ -58,6 +63,7 @@ pub enum ServerError {
 /// A running server.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    web_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     failure: Arc<std::sync::OnceLock<String>>,
@@ -68,6 +74,16 @@ impl RunningServer {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The web listener's bound address, when it runs.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// What the server counts (also served on `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Serves one connection carried by `transport` (TLS, a WebSocket
@@ -107,12 +123,16 @@ impl RunningServer {
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = Store::open(&config.db)?;
     let writer_store = Store::open(&config.db)?;
-    launch(config, store, writer_store).await
+    let health_store = Store::open(&config.db)?;
+    launch(config, [store, writer_store, health_store]).await
 }
 
-/// Starts serving on two connections to one store: `store` for reads and the
-/// account watcher, `writer_store` for the store writer thread.
-async fn launch<S: Storage>(config: Config, store: S, writer_store: S) -> Result<RunningServer, ServerError> {
+/// Starts serving on three connections to one store: for reads and the
+/// account watcher, for the store writer thread, and for health checks.
+async fn launch<S: Storage>(
+    config: Config,
+    [store, writer_store, health_store]: [S; 3],
+) -> Result<RunningServer, ServerError> {
     // Read before the accounts, so a change made in between is seen by the watcher.
     let data_version = store.data_version()?;
     let accounts = store.accounts()?;
@@ -122,6 +142,11 @@ async fn launch<S: Storage>(config: Config, store: S, writer_store: S) -> Result
         .await
         .map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.addr.clone(), source })?;
+    let web = match &config.web {
+        Some(addr) => Some(web::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
 
     let mut relay = Relay::new(config.limits.clone(), now_unix(), sigil_core::IdSource::new(Ulid::new));
     let mut directory = HashMap::new();
@@ -145,18 +170,31 @@ async fn launch<S: Storage>(config: Config, store: S, writer_store: S) -> Result
         tracker: TaskTracker::new(),
         connections: std::sync::Mutex::new((0, HashMap::new())),
         last_conn: AtomicU64::new(0),
+        metrics: metrics.clone(),
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
-    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx);
+    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx, metrics.clone());
     let failure = Arc::new(std::sync::OnceLock::new());
-    let hub_task = tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone()));
+    let hub_task =
+        tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone(), metrics.clone()));
+    let web_addr = web.map(|(listener, addr)| {
+        let health = std::sync::Mutex::new(health_store);
+        let check: web::HealthCheck = Arc::new(move || {
+            let mut store = health.lock().map_err(|_| "the health check failed before".to_owned())?;
+            store.check_writable().map_err(|e| e.to_string())
+        });
+        // Stopped with the server; it holds no session, so it needs no draining.
+        drop(web::spawn(listener, metrics.clone(), check, stop.clone()));
+        tracing::info!(addr = %addr, "web listener (/metrics, /healthz)");
+        addr
+    });
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
     let done = tokio::spawn(serve(listener, shared.clone(), stop.clone(), hub_task, vec![watcher, store_thread]));
-    Ok(RunningServer { local_addr, shared, stop, failure, done })
+    Ok(RunningServer { local_addr, web_addr, shared, stop, failure, done })
 }
 
 async fn serve(
@@ -199,7 +237,7 @@ async fn serve(
 /// unsigned `ERR` when a connection limit is reached. Every transport comes
 /// through here: the listener's accept loop and [`RunningServer::serve_connection`].
 async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr) {
-    match shared.admit(peer.ip()) {
+    match shared.admit(peer.ip(), T::KIND) {
         Ok(slot) => {
             let conn = ConnId(shared.last_conn.fetch_add(1, Ordering::Relaxed) + 1);
             connection::spawn(shared.clone(), conn, stream, peer, slot).await;

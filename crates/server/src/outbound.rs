@@ -15,9 +15,13 @@ use bytes::BytesMut;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use prometheus::IntGauge;
+
 use crate::fanout::RunTag;
+use crate::metrics::Metrics;
+use sigil_proto::event::{ErrPayload, Event};
 use sigil_proto::wire::{encode_frame, FrameMac, OutFrame};
-use sigil_proto::Outbound;
+use sigil_proto::{Outbound, ServerEvent};
 
 /// How a connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +79,24 @@ pub struct ConnHandle {
     pending_mac: Mutex<Option<Arc<FrameMac>>>,
     /// The MAC outbound frames are signed with, once the session is accepted.
     mac: OnceLock<Arc<FrameMac>>,
+    /// What this connection counts into.
+    metrics: Arc<Metrics>,
+    /// The sessions gauge of its transport: counted from acceptance to drop.
+    sessions: IntGauge,
 }
 
 impl ConnHandle {
     /// A handle whose queue holds at most `max_frames` frames and
-    /// `max_bytes` payload bytes.
+    /// `max_bytes` payload bytes, counting into metrics of its own.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self::counted(max_frames, max_bytes, Arc::new(Metrics::new()), "stream")
+    }
+
+    /// The same, counting into `metrics` as a connection over `transport`.
+    pub fn counted(max_frames: usize, max_bytes: usize, metrics: Arc<Metrics>, transport: &'static str) -> Self {
         Self {
+            sessions: metrics.sessions(transport),
+            metrics,
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             max_frames,
@@ -113,6 +128,7 @@ impl ConnHandle {
             q.bytes += len;
             q.frames.push_back(Queued { frame, run });
         }
+        self.metrics.queued_bytes.add(gauge_value(len));
         self.ready.notify_one();
         Ok(())
     }
@@ -127,7 +143,9 @@ impl ConnHandle {
             taken += queued.frame.payload.len();
             batch.push_back(queued);
         }
-        q.bytes -= taken.min(q.bytes);
+        let taken = taken.min(q.bytes);
+        q.bytes -= taken;
+        self.metrics.queued_bytes.sub(gauge_value(taken));
         if q.frames.is_empty() && q.frames.capacity() > KEEP_FRAMES {
             q.frames = VecDeque::new();
         }
@@ -137,6 +155,7 @@ impl ConnHandle {
     pub(crate) fn shut(&self) -> VecDeque<Queued> {
         let Ok(mut q) = self.queue.lock() else { return VecDeque::new() };
         q.closed = true;
+        self.metrics.queued_bytes.sub(gauge_value(q.bytes));
         q.bytes = 0;
         std::mem::take(&mut q.frames)
     }
@@ -172,7 +191,9 @@ impl ConnHandle {
     /// The relay accepted the session: sign from now on.
     pub fn accept_mac(&self) {
         if let Some(mac) = self.pending_mac.lock().ok().and_then(|mut m| m.take()) {
-            let _ = self.mac.set(mac);
+            if self.mac.set(mac).is_ok() {
+                self.sessions.inc();
+            }
         }
     }
 
@@ -198,7 +219,33 @@ impl ConnHandle {
             _ => None,
         };
         encode_frame(&OutFrame { command: frame.command, signature: tag.as_ref(), payload: &frame.payload }, buf);
+        self.metrics.frame_sent(frame.command);
+        if frame.command == ErrPayload::COMMAND {
+            // Rare: read the code back rather than carry it beside every frame.
+            if let Ok(ServerEvent::Err(err)) = ServerEvent::decode(frame.command, &frame.payload) {
+                self.metrics.error_sent(&err.code);
+            }
+        }
     }
+
+    /// The metrics this connection counts into.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        // The last holder let go: the session (if it was one) is over.
+        if self.mac.get().is_some() {
+            self.sessions.dec();
+        }
+    }
+}
+
+/// A byte count as a gauge step.
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
 use crate::config::Config;
+use prometheus::IntGauge;
+
 use crate::hub::HubMsg;
+use crate::metrics::{Metrics, RateLimit};
 use sigil_core::AccountKey;
 use sigil_proto::Outbound;
 
@@ -29,17 +32,36 @@ pub(crate) struct Shared {
     pub(crate) connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
     /// The last connection id given out.
     pub(crate) last_conn: AtomicU64,
+    /// What the server counts.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A connection's place in the connection limits, given back on drop.
 pub(crate) struct ConnSlot {
     pub(crate) shared: Arc<Shared>,
     pub(crate) ip: std::net::IpAddr,
+    /// The open-connections gauge of its transport.
+    gauge: IntGauge,
+    /// Its transport, as the metrics' `transport` label says it.
+    pub(crate) transport: &'static str,
 }
 
 impl Shared {
-    /// Takes a connection slot, or says which limit is reached.
-    pub(crate) fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+    /// Takes a connection slot for a connection over `transport`, or says
+    /// which limit is reached.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        transport: &'static str,
+    ) -> Result<ConnSlot, &'static str> {
+        let slot = self.take_slot(ip, transport);
+        if slot.is_err() {
+            self.metrics.rate_limited(RateLimit::Connections);
+        }
+        slot
+    }
+
+    fn take_slot(self: &Arc<Self>, ip: std::net::IpAddr, transport: &'static str) -> Result<ConnSlot, &'static str> {
         let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
         let (total, per_ip) = &mut *guard;
         if *total >= self.config.max_connections {
@@ -51,12 +73,15 @@ impl Shared {
         }
         *mine += 1;
         *total += 1;
-        Ok(ConnSlot { shared: self.clone(), ip })
+        let gauge = self.metrics.connections(transport);
+        gauge.inc();
+        Ok(ConnSlot { shared: self.clone(), ip, gauge, transport })
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
+        self.gauge.dec();
         if let Ok(mut guard) = self.shared.connections.lock() {
             let (total, per_ip) = &mut *guard;
             *total = total.saturating_sub(1);
@@ -68,9 +93,4 @@ impl Drop for ConnSlot {
             }
         }
     }
-}
-
-/// Unix time in seconds.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

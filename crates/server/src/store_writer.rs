@@ -8,7 +8,11 @@
 //! A failed write stops the server: nothing may be announced that is not stored.
 //! It works on any [`Storage`]; it must not know which database is behind it.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
 
 use crate::store::{Storage, StoreError};
 use sigil_core::{durable_marks, Input, PullRequest, StoreOp};
@@ -61,6 +65,7 @@ pub(crate) fn spawn<S: Storage>(
     mut store: S,
     mut rx: mpsc::Receiver<StoreJob>,
     hub: mpsc::UnboundedSender<StoreReply>,
+    metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut writes = Vec::new();
@@ -79,11 +84,16 @@ pub(crate) fn spawn<S: Storage>(
                 }
             }
             if !writes.is_empty() {
+                let started = std::time::Instant::now();
                 if let Err(e) = apply_retrying(&mut store, &writes) {
                     tracing::error!(error = %e, "store write failed; stopping the server");
                     let _ = hub.send(StoreReply::Failed(e.to_string()));
                     return;
                 }
+                metrics.store_fsync.observe(started.elapsed().as_secs_f64());
+                metrics.store_batch.observe(writes.len() as f64);
+                let appended = writes.iter().filter(|op| matches!(op, StoreOp::Append { .. })).count();
+                metrics.commits.inc_by(appended as u64);
                 for (channel, (seq, election)) in durable_marks(&writes) {
                     // After a shutdown the hub is gone; the writes above still count.
                     let _ = hub.send(StoreReply::Input(Input::Stored { channel, seq, election }));

@@ -28,6 +28,9 @@ pub trait WaitReadable {
 
 /// A stream of bytes a connection is served over.
 pub trait Transport: Send + 'static {
+    /// What the metrics' `transport` label calls it (one of `metrics::TRANSPORTS`).
+    const KIND: &'static str = "stream";
+
     /// The read half.
     type Reader: AsyncRead + WaitReadable + Unpin + Send + 'static;
     /// The write half. Written data counts as sent once flushed.
@@ -59,6 +62,8 @@ impl WaitReadable for OwnedReadHalf {
 }
 
 impl Transport for TcpStream {
+    const KIND: &'static str = "tcp";
+
     type Reader = OwnedReadHalf;
     type Writer = OwnedWriteHalf;
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use ulid::Ulid;
 
-use super::{ids_per_frame, Channel, ChannelEffect};
+use super::sizes::ids_per_frame;
+use super::{Channel, ChannelEffect};
 use crate::batch::Batch;
 use sigil_proto::event::{ChAppend, HistoryEntry, Outbound};
 

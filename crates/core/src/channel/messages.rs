@@ -13,16 +13,7 @@ use sigil_proto::event::{ChMsg, HistoryEntry, Outbound};
 use sigil_proto::quorum::is_majority;
 use sigil_proto::{Body, ErrorCode, ProtoError};
 
-/// Bytes a one-message `CH_APPEND` adds to the relayed `CH_MSG` fields, not
-/// counting its acks: `anchor`, `messages`, `acks` and `more` keys and headers.
-const APPEND_OVERHEAD: usize = 96;
-/// Bytes one ack adds to a history entry (a 26-character id as msgpack str).
-const ACK_BYTES: usize = 27;
-/// How many message ids fit a batched frame (PROTOCOL.md §7.9) beside `acks`
-/// user ids, within `max_payload`.
-pub fn ids_per_frame(max_payload: usize, acks: usize) -> usize {
-    (max_payload.saturating_sub(APPEND_OVERHEAD + ACK_BYTES * acks) / ACK_BYTES).max(1)
-}
+use super::sizes::{ACK_BYTES, APPEND_OVERHEAD};
 
 /// A message awaiting its commit.
 #[derive(Debug, Clone)]
@@ -187,20 +178,5 @@ impl Channel {
         if leader_failed && self.leader.take().is_some() {
             self.status_if_changed(out);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_per_frame_fills_the_payload_and_never_drops_to_zero() {
-        assert_eq!(ids_per_frame(96 + 27 * 12, 2), 10);
-        assert_eq!(ids_per_frame(96 + 27 * 12 + 26, 2), 10, "a partial id does not fit");
-        assert_eq!(ids_per_frame(65_536, 0), (65_536 - 96) / 27);
-        // Acks that fill the frame alone still leave room for one id.
-        assert_eq!(ids_per_frame(100, 10), 1);
-        assert_eq!(ids_per_frame(0, 0), 1);
     }
 }

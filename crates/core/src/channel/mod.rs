@@ -40,12 +40,13 @@ mod election;
 mod membership;
 mod merge;
 mod messages;
+mod sizes;
 #[cfg(test)]
 mod tests;
 
 pub use durability::{durable_marks, StoreOp};
 pub use election::MAX_ELECTION_STEP;
-pub use messages::ids_per_frame;
+pub use sizes::ids_per_frame;
 
 use durability::Announcement;
 use election::Ballot;

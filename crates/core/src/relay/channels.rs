@@ -4,7 +4,7 @@
 //! registry here, then run by its [`Channel`] state machine (`crate::channel`),
 //! whose user-addressed output the [`Outbox`] routes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sigil_proto::event::{HistoryEntry, LstCh};
 use sigil_proto::{Command, ErrorCode, Outbound, ProtoError};
@@ -44,7 +44,8 @@ fn no_such_channel() -> ProtoError {
 /// Every channel and the indexes over them.
 #[derive(Debug, Default)]
 pub(super) struct Channels {
-    pub(super) by_id: HashMap<Ulid, Channel>,
+    /// Ordered, so ticks and lists visit channels in one order.
+    pub(super) by_id: BTreeMap<Ulid, Channel>,
     /// Lower-cased channel name → id.
     names: HashMap<String, Ulid>,
     /// Account → the channels it is a member of.
@@ -73,6 +74,12 @@ impl Channels {
     /// The channels `account` is a member of.
     fn of(&self, account: &Ulid) -> Vec<Ulid> {
         self.memberships.get(account).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// How many channels have a leader, and how many have none.
+    pub(super) fn leader_counts(&self) -> (usize, usize) {
+        let led = self.by_id.values().filter(|c| c.leader().is_some()).count();
+        (led, self.by_id.len() - led)
     }
 
     /// A connection is gone: it has no pull in flight any more.

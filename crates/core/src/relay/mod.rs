@@ -10,7 +10,8 @@
 //!
 //! | module | owns | commands |
 //! | --- | --- | --- |
-//! | [`presence`] | accounts, sessions, who is online | `KALIVE`, `INFO`, `LST_USR`, `CNN_USR` (`CNN` and `DCNN` start and end sessions here, in `mod.rs`) |
+//! | `mod.rs` | nonce windows, session start and end, routing | `CNN` (as [`Input::Open`]), `DCNN` |
+//! | [`presence`] | accounts, sessions, who is online | `KALIVE`, `INFO`, `LST_USR`, `CNN_USR` |
 //! | [`private`] | the private-message delivery ledger | `PV_MSG`, `ACK_MSG` |
 //! | [`channels`] | the channel registry, routing to each [`Channel`](crate::channel::Channel) | `CH_*`, `ACK_CH_MSG` |
 //! | [`acks`] | channel acks gathered across frames (§7.9) | — |
@@ -102,6 +103,11 @@ impl Relay {
         self.presence.account_of(conn)
     }
 
+    /// How many channels have a leader, and how many have none.
+    pub fn channel_counts(&self) -> (usize, usize) {
+        self.channels.leader_counts()
+    }
+
     /// True when acks are gathered and not yet sent (the shell then sends [`Input::Flush`]).
     pub fn has_gathered_acks(&self) -> bool {
         !self.acks.is_empty()
@@ -181,11 +187,15 @@ impl Relay {
         let command = request.command;
         let result = match (command.info().family, command) {
             // Ending a session concerns every part.
-            (_, Command::Dcnn) => {
+            (Family::Session, Command::Dcnn) => {
                 self.end_session(conn, None, out);
                 Ok(())
             }
-            (Family::Session | Family::Users, command) => {
+            // The session turns a second CNN into a Reject; nothing else sends it here.
+            (Family::Session, _) => {
+                Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated"))
+            }
+            (Family::Presence, command) => {
                 self.presence.command(conn, me, command, &self.sinfo, self.limits.max_payload, out)
             }
             (Family::Private, command) => self.private.command(&self.presence, me, command, now, &self.limits, out),

@@ -1,15 +1,14 @@
 //! Who is online (PROTOCOL.md §3, §6): accounts and their names, which
 //! connection each online account has, session start and end (`UCNN`,
 //! `UDCNN`, session replacement), account changes (`USR_ADD`, `USR_RMD`,
-//! key rotation), and the session and user commands: `CNN` (as
-//! [`Input::Open`](super::Input::Open)), `KALIVE`, `DCNN`, `INFO`, `LST_USR`,
-//! `CNN_USR`.
+//! key rotation), and the commands that read only who is online:
+//! `KALIVE`, `INFO`, `LST_USR`, `CNN_USR`.
 //!
 //! [`Presence`] is the state and runs the commands that read only it; the
 //! relay (`mod.rs`) starts and ends sessions through it and tells the
 //! channels when a member comes or goes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sigil_proto::event::{Outbound, UserEntry, UsrHsk, UsrLst};
 use sigil_proto::{Command, ErrorCode, ProtoError};
@@ -29,8 +28,9 @@ struct Account {
 #[derive(Debug, Default)]
 pub(super) struct Presence {
     accounts: HashMap<Ulid, Account>,
-    /// Authenticated connections → their account.
-    sessions: HashMap<ConnId, Ulid>,
+    /// Authenticated connections → their account (ordered: broadcasts go out
+    /// in one order, so a seeded run replays exactly).
+    sessions: BTreeMap<ConnId, Ulid>,
     /// Online accounts → their connection (one session per account).
     online: HashMap<Ulid, ConnId>,
     /// Sessions that asked for batched frames (PROTOCOL.md §7.9).
@@ -152,8 +152,7 @@ impl Presence {
         self.accounts.remove(id);
     }
 
-    /// Session and user commands that read only who is online: `KALIVE`,
-    /// `INFO`, `CNN` (again), `LST_USR`, `CNN_USR`.
+    /// Commands that read only who is online: `KALIVE`, `INFO`, `LST_USR`, `CNN_USR`.
     pub(super) fn command(
         &self,
         conn: ConnId,
@@ -168,10 +167,6 @@ impl Presence {
             Command::Info => {
                 out.push(Effect::Send { conn, frame: sinfo.clone() });
                 Ok(())
-            }
-            // The session turns a second CNN into a Reject; nothing else sends it here.
-            Command::Cnn { .. } => {
-                Err(ProtoError::new(ErrorCode::AlreadyAuthenticated, "this session is already authenticated"))
             }
             Command::LstUsr => {
                 let per_page = per_page(max_payload, USER_ENTRY_MAX);

@@ -46,10 +46,11 @@ pub struct Envelope {
 /// Which part of the relay handles a command (its module in `sigil-core`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// Authentication, keep-alive, `INFO`, disconnect: `sigil_core::session` and `relay::presence`.
+    /// A session starts or ends (`CNN`, `DCNN`): `sigil_core::session` checks a
+    /// `CNN`'s tag, then the relay hands the start or end to every part.
     Session,
-    /// Who is online: `sigil_core::relay::presence`.
-    Users,
+    /// Keep-alive, server info and who is online: `sigil_core::relay::presence`.
+    Presence,
     /// Private messages and their acks: `sigil_core::relay::private`.
     Private,
     /// Channels: `sigil_core::relay::channels`, then `sigil_core::channel`.
@@ -60,8 +61,8 @@ impl Family {
     /// The `sigil-core` module where commands of this family are handled.
     pub fn handler(self) -> &'static str {
         match self {
-            Family::Session => "crates/core/src/relay/presence.rs",
-            Family::Users => "crates/core/src/relay/presence.rs",
+            Family::Session => "crates/core/src/relay/mod.rs",
+            Family::Presence => "crates/core/src/relay/presence.rs",
             Family::Private => "crates/core/src/relay/private.rs",
             Family::Channel => "crates/core/src/relay/channels.rs",
         }
@@ -88,8 +89,10 @@ pub struct CommandInfo {
     pub family: Family,
     /// Who may send it.
     pub sender: Sender,
-    /// Whether a refusal closes the connection (a failed `CNN` does; any other
-    /// command's error is fatal only for the codes PROTOCOL.md §5 marks fatal).
+    /// Whether its refusal closes the connection when the sender `sender`
+    /// names sends it: every failed `CNN` before authentication does (a `CNN`
+    /// after it is `already_authenticated`, which is not fatal); any other
+    /// command's error is fatal only for the codes PROTOCOL.md §5 marks fatal.
     pub fatal: bool,
 }
 
@@ -187,7 +190,7 @@ command_table! {
         encode { named(CnnBody { id: *id, batch: *batch }) };
 
     /// `KALIVE {}`: keep the session alive.
-    Kalive = "KALIVE", Session, Authenticated, fatal: false,
+    Kalive = "KALIVE", Presence, Authenticated, fatal: false,
         parse(p) { let _ = p; Ok(Command::Kalive) },
         encode { empty() };
 
@@ -197,12 +200,12 @@ command_table! {
         encode { empty() };
 
     /// `INFO {}`: ask for `SINFO`.
-    Info = "INFO", Session, Anyone, fatal: false,
+    Info = "INFO", Presence, Anyone, fatal: false,
         parse(p) { let _ = p; Ok(Command::Info) },
         encode { empty() };
 
     /// `LST_USR {}`: ask for `USR_LST`.
-    LstUsr = "LST_USR", Users, Authenticated, fatal: false,
+    LstUsr = "LST_USR", Presence, Authenticated, fatal: false,
         parse(p) { let _ = p; Ok(Command::LstUsr) },
         encode { empty() };
 
@@ -210,7 +213,7 @@ command_table! {
     CnnUsr {
         /// The other user.
         to: Ulid,
-    } = "CNN_USR", Users, Authenticated, fatal: false,
+    } = "CNN_USR", Presence, Authenticated, fatal: false,
         parse(p) { Ok(Command::CnnUsr { to: de::<ToBody>(p)?.to }) },
         encode { named(ToBody { to: *to }) };
 

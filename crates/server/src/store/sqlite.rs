@@ -383,7 +383,18 @@ impl Storage for SqliteStore {
     fn accounts_rev(&self) -> Result<i64, StoreError> {
         SqliteStore::accounts_rev(self)
     }
+
+    fn check_writable(&mut self) -> Result<(), StoreError> {
+        // A health check answers within about a second, lock or no lock.
+        self.conn.busy_timeout(HEALTH_LOCK_WAIT)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.rollback()?;
+        Ok(())
+    }
 }
+
+/// How long a health check waits for the write lock.
+const HEALTH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn parse_id(text: &str) -> Result<Ulid, StoreError> {
     Ulid::from_string(text).map_err(|_| StoreError::Corrupt(format!("id {text:?}")))

@@ -110,6 +110,10 @@ pub trait Storage: Send + 'static {
 
     /// A counter every account change bumps, in the change's transaction.
     fn accounts_rev(&self) -> Result<i64, StoreError>;
+
+    /// Whether the store takes writes now: takes the write lock and lets it
+    /// go, writing nothing (`/healthz`).
+    fn check_writable(&mut self) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
