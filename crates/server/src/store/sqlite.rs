@@ -635,7 +635,7 @@ fn check_version(path: &Path, version: i64) -> Result<(), BackupError> {
 /// the copy over `db` (atomic: `db` is at every moment the old file or the
 /// new one); fsync the directory.
 pub fn restore(backup: &Path, db: &Path, keep: bool, now: u64) -> Result<RestoreReport, BackupError> {
-    let mut report = verify_backup(backup)?;
+    let report = verify_backup(backup)?;
     let old = match std::fs::metadata(db) {
         Ok(m) if m.is_file() => Some(m),
         Ok(_) => return Err(BackupError::NotSigil { path: db.to_owned(), reason: "not a regular file".into() }),
@@ -691,7 +691,6 @@ pub fn restore(backup: &Path, db: &Path, keep: bool, now: u64) -> Result<Restore
         _ => None,
     };
     temp.rename_to(db)?;
-    report.path = db.to_owned();
     Ok(RestoreReport { backup: report, kept })
 }
 
