@@ -76,7 +76,7 @@ async fn backup_while_a_writer_commits_is_a_whole_gap_free_prefix() {
         p.leader(ch).await;
     }
 
-    // bob types a message every 3 ms until told to stop.
+    // bob types a message every 5 ms until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (stop, commands) = (stop.clone(), peers[1].commands.clone());
@@ -88,7 +88,7 @@ async fn backup_while_a_writer_commits_is_a_whole_gap_free_prefix() {
                     return;
                 }
                 i += 1;
-                tokio::time::sleep(Duration::from_millis(3)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
@@ -106,11 +106,11 @@ async fn backup_while_a_writer_commits_is_a_whole_gap_free_prefix() {
     let line = ok(&output);
 
     // One more commit typed after the backup ended: the live history is longer.
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
     let last = Ulid::new();
     peers[0].commands.send(Command::ChMsg { id: ch, msg_id: last, msg: Body::text("after") }).await.unwrap();
     peers[0].committed(last).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
     ts.stop().await;
 
     let report = verify_backup(&out).expect("the copy passes integrity_check and the schema check");
