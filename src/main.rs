@@ -1,4 +1,4 @@
-//! The `sigil` command: serve | account | client | frame | decode.
+//! The `sigil` command: serve | account | backup | restore | client | frame | decode.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use sigil_client::{tools, Credentials};
 use sigil_core::config as defaults;
 use sigil_core::Limits;
 use sigil_proto::wire::FrameCodec;
+use sigil_server::store::backup::{self, BackupReport};
 use sigil_server::store::{Store, StoredAccount};
 use sigil_server::{self as server, Config};
 
@@ -28,6 +29,28 @@ enum Cmd {
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCmd),
+    /// Copy the database to OUT while a server runs on it, and check the copy.
+    Backup {
+        /// SQLite database file to copy (must exist).
+        #[arg(long, default_value = "sigil.db")]
+        db: PathBuf,
+        /// The copy to write.
+        out: PathBuf,
+        /// Overwrite OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the database with a checked backup (stop the server first).
+    Restore {
+        /// SQLite database file to replace.
+        #[arg(long)]
+        db: PathBuf,
+        /// The backup to put in its place.
+        backup: PathBuf,
+        /// Do not keep the replaced database as PATH.before-restore-<unix time>.
+        #[arg(long)]
+        no_keep: bool,
+    },
     /// Interactive terminal client.
     Client {
         /// Server address.
@@ -236,6 +259,20 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Serve(args) => serve(args),
         Cmd::Account(cmd) => account(cmd),
+        Cmd::Backup { db, out, force } => {
+            let report = Store::open_existing(&db)?.backup_to(&out, force)?;
+            println!("backed up {} to {}", db.display(), describe(&report));
+            Ok(())
+        }
+        Cmd::Restore { db, backup, no_keep } => {
+            let done = backup::restore(&backup, &db, !no_keep, server::now_unix())?;
+            print!("restored {} from {}", db.display(), describe(&done.backup));
+            match done.kept {
+                Some(kept) => println!("; the old database is kept as {}", kept.display()),
+                None => println!(),
+            }
+            Ok(())
+        }
         Cmd::Client { addr, cred } => {
             let cred = Credentials::load(&cred)?;
             runtime()?.block_on(sigil_client::terminal::run(&addr, &cred))?;
@@ -332,6 +369,18 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `PATH: N bytes, A accounts, C channels, H history rows`.
+fn describe(r: &BackupReport) -> String {
+    format!(
+        "{}: {} bytes, {} accounts, {} channels, {} history rows",
+        r.path.display(),
+        r.bytes,
+        r.accounts,
+        r.channels,
+        r.history
+    )
 }
 
 fn credentials_of(a: &StoredAccount) -> Credentials {

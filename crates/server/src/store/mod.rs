@@ -8,6 +8,7 @@
 //! by the `sigil account` command) stays on it. This module must not hold
 //! policy either: retries and polling are the callers'.
 
+pub mod backup;
 pub mod sqlite;
 mod storage;
 

@@ -29,7 +29,7 @@ pub const SCHEMA_VERSION: i64 = 2;
 
 /// A connection to the SQLite store.
 pub struct SqliteStore {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl SqliteStore {
