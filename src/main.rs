@@ -1,10 +1,12 @@
 //! The `sigil` command: serve | account | backup | restore | client | frame | decode.
 
+mod config_file;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
 use sigil_client::{tools, Credentials};
 use sigil_core::config as defaults;
@@ -84,6 +86,12 @@ enum Cmd {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Read settings from this TOML file (keys are these flags' long names; flags given here win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (command line > file > defaults) as TOML, then exit.
+    #[arg(long)]
+    print_config: bool,
     /// Address to listen on.
     #[arg(default_value = "127.0.0.1:7070")]
     addr: String,
@@ -239,7 +247,27 @@ fn server_name(s: &str) -> std::result::Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let argv = match config_file::expand(&command, std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("sigil: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = command.clone().get_matches_from(argv);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (Cmd::Serve(args), Some(serve), Some(given)) =
+        (&cli.command, command.find_subcommand("serve"), matches.subcommand_matches("serve"))
+    {
+        if args.print_config {
+            print!("{}", config_file::render(serve, given));
+            return ExitCode::SUCCESS;
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

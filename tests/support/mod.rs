@@ -260,12 +260,13 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `sigil serve 127.0.0.1:0 ARGS` in `dir` and waits for its address.
+    /// Starts `sigil serve 127.0.0.1:0 --web 127.0.0.1:0 ARGS` in `dir` and
+    /// waits for its frame listener's address.
     pub fn start(dir: &std::path::Path, args: &[&str]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
             .current_dir(dir)
-            .args(["serve", "127.0.0.1:0"])
+            .args(["serve", "127.0.0.1:0", "--web", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
@@ -274,7 +275,7 @@ impl ServerProcess {
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = loop {
             let line = lines.next().expect("server log line").expect("log line");
-            if let Some(rest) = line.split("addr=").nth(1) {
+            if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
                 break rest.split_whitespace().next().expect("address").to_owned();
             }
         };
