@@ -55,11 +55,14 @@ enum Cmd {
     },
     /// Interactive terminal client.
     Client {
-        /// Server address.
+        /// Server address: HOST:PORT, or tls://HOST:PORT for TLS.
         addr: String,
         /// Credentials file written by `sigil account add`.
         #[arg(long)]
         cred: PathBuf,
+        /// PEM file of the certificate authorities to trust for tls:// (instead of the public ones).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Write one frame to stdout (signed and with nonce/timestamp when --cred is given).
     Frame {
@@ -173,6 +176,15 @@ struct ServeArgs {
     /// Run no web listener.
     #[arg(long)]
     no_web: bool,
+    /// PEM certificate chain (leaf first): also serve frames over TLS on --tls-listen. Re-read on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Re-read on SIGHUP.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Address of the TLS listener.
+    #[arg(long, default_value = server::DEFAULT_TLS_LISTEN, requires = "tls_cert")]
+    tls_listen: String,
 }
 
 #[derive(Subcommand)]
@@ -301,9 +313,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Client { addr, cred } => {
+        Cmd::Client { addr, cred, ca } => {
             let cred = Credentials::load(&cred)?;
-            runtime()?.block_on(sigil_client::terminal::run(&addr, &cred))?;
+            let endpoint = sigil_client::Endpoint::parse(&addr, ca.as_deref())?;
+            runtime()?.block_on(sigil_client::terminal::run(&endpoint, &cred))?;
             Ok(())
         }
         Cmd::Frame { cred, command, json } => {
@@ -358,6 +371,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
     config.web = (!args.no_web).then_some(args.web);
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(server::TlsConfig { listen: args.tls_listen, cert, key });
+    }
     // Each connection is a descriptor; a common soft limit of 1024 would make
     // accept fail long before --max-connections. Raise it toward the hard limit.
     let wanted = (config.max_connections as u64).saturating_mul(2).saturating_add(64);
@@ -372,7 +388,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     runtime()?.block_on(async {
         let running = server::start(config).await?;
-        running.run_until(shutdown_signal()).await?;
+        let tls = running.tls_reloader();
+        running
+            .run_until(async {
+                tokio::select! { _ = shutdown_signal() => {}, _ = reload_on_hangup(tls) => {} }
+            })
+            .await?;
         Ok(())
     })
 }
@@ -409,6 +430,33 @@ fn describe(r: &BackupReport) -> String {
         r.channels,
         r.history
     )
+}
+
+/// Re-reads the TLS certificate and key on each SIGHUP (what
+/// `RunningServer::reload_tls` does, through a handle that outlives lending
+/// the server to `run_until`). Never completes. Without TLS, SIGHUP keeps its
+/// default meaning.
+async fn reload_on_hangup(tls: Option<server::tls::TlsReloader>) {
+    #[cfg(unix)]
+    if let Some(tls) = tls {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!(cert = %tls.cert_path().display(), "TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS reload failed; still serving the previous certificate")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS certificates will not be reloaded"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
+    std::future::pending::<()>().await
 }
 
 fn credentials_of(a: &StoredAccount) -> Credentials {

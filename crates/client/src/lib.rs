@@ -5,16 +5,25 @@
 pub mod agent;
 pub mod credentials;
 pub mod terminal;
+pub mod tls;
 pub mod tools;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 
 pub use credentials::Credentials;
+pub use tls::{Endpoint, TlsClientOptions};
 
 use sigil_proto::event::ErrPayload;
 use sigil_proto::wire::{Frame, FrameCodec, FrameError, FrameMac};
@@ -41,6 +50,57 @@ pub enum ClientError {
     /// The server closed the connection.
     #[error("connection closed by server")]
     Closed,
+    /// An address that cannot be connected to as written.
+    #[error("bad address {0}")]
+    Address(String),
+    /// A TLS setting (a CA file) cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The read half of a connection: plain TCP (the load generator's path, no
+/// lock and no indirection beyond this match) or TLS.
+enum ReadStream {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The write half of a connection.
+enum WriteStream {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ReadStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            WriteStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            WriteStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            WriteStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A fresh nonce: random over the whole u64 range.
@@ -59,7 +119,7 @@ pub use sigil_proto::command::write_request;
 
 /// The receiving half of a connection.
 pub struct ClientReader {
-    framed: FramedRead<OwnedReadHalf, FrameCodec>,
+    framed: FramedRead<ReadStream, FrameCodec>,
     mac: FrameMac,
     /// Set once our own UCNN arrived; from then on every frame must be signed.
     authenticated: bool,
@@ -110,7 +170,7 @@ impl ClientReader {
 
 /// The sending half of a connection.
 pub struct ClientWriter {
-    write: OwnedWriteHalf,
+    write: WriteStream,
     mac: FrameMac,
     buf: BytesMut,
 }
@@ -134,6 +194,8 @@ impl ClientWriter {
         if !self.buf.is_empty() {
             self.write.write_all(&self.buf).await?;
             self.buf.clear();
+            // TLS holds what it was given until flushed; TCP has nothing to flush.
+            self.write.flush().await?;
         }
         Ok(())
     }
@@ -163,6 +225,8 @@ pub struct Client {
     pub writer: ClientWriter,
     /// Who we are.
     pub credentials: Credentials,
+    /// The server's certificate (DER), over TLS.
+    peer_certificate: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -186,10 +250,52 @@ impl Client {
         credentials: &Credentials,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        let ConnectOptions { max_payload, batch } = options;
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
+        Self::authenticate(ReadStream::Tcp(read), WriteStream::Tcp(write), None, credentials, options).await
+    }
+
+    /// Connects over TLS to `addr`, checking the server's certificate against
+    /// `server_name` and the authorities of `tls`, then authenticates.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        server_name: ServerName<'static>,
+        tls: &TlsClientOptions,
+        credentials: &Credentials,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let stream = TlsConnector::from(tls.config()).connect(server_name, stream).await?;
+        let peer_certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+        let (read, write) = tokio::io::split(stream);
+        Self::authenticate(ReadStream::Tls(read), WriteStream::Tls(write), peer_certificate, credentials, options).await
+    }
+
+    /// Connects to `endpoint` (TCP or TLS) and authenticates.
+    pub async fn connect_to(
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        match endpoint {
+            Endpoint::Tcp(addr) => Self::connect_with(addr.as_str(), credentials, options).await,
+            Endpoint::Tls { addr, server_name, options: tls } => {
+                Self::connect_tls(addr.as_str(), server_name.clone(), tls, credentials, options).await
+            }
+        }
+    }
+
+    /// Sends `CNN` and waits for our own `UCNN`.
+    async fn authenticate(
+        read: ReadStream,
+        write: WriteStream,
+        peer_certificate: Option<Vec<u8>>,
+        credentials: &Credentials,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let ConnectOptions { max_payload, batch } = options;
         let mac = credentials.key.mac();
         // Every server frame fits the server's max_payload (PROTOCOL.md §1.3).
         let mut reader = ClientReader {
@@ -206,7 +312,12 @@ impl Client {
             Some(_) => return Err(ClientError::BadTag("unexpected first frame".into())),
             None => return Err(ClientError::Closed),
         }
-        Ok(Client { reader, writer, credentials: credentials.clone() })
+        Ok(Client { reader, writer, credentials: credentials.clone(), peer_certificate })
+    }
+
+    /// The certificate (DER) the server presented, when connected over TLS.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.peer_certificate.as_deref()
     }
 
     /// Signs and sends a command; returns its nonce.

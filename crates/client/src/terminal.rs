@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use ulid::Ulid;
 
 use super::agent::Agent;
-use super::{Client, ClientError, ConnectOptions, Credentials};
+use super::{Client, ClientError, ConnectOptions, Credentials, Endpoint};
 use sigil_proto::{Body, Command, ServerEvent};
 
 /// The client's picture of the server, and what to show.
@@ -297,12 +297,12 @@ const RECONNECT_ATTEMPTS: u32 = 60;
 
 /// Runs the interactive client until `/quit` or end of input, reconnecting
 /// (and pulling what it missed) when the connection is lost.
-pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
+pub async fn run(endpoint: &Endpoint, cred: &Credentials) -> Result<(), ClientError> {
     let started = Instant::now();
     let mut view = View::new(cred.id, &cred.name, rand::random());
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut client =
-        Client::connect_with(addr, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await?;
+        Client::connect_to(endpoint, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await?;
     println!("[{}] signed in as {} — {HELP}", local_time(), cred.name);
     loop {
         match session(client, &mut view, &mut stdin, started).await? {
@@ -318,7 +318,8 @@ pub async fn run(addr: &str, cred: &Credentials) -> Result<(), ClientError> {
         client = loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             attempt += 1;
-            match Client::connect_with(addr, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await {
+            match Client::connect_to(endpoint, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await
+            {
                 Ok(c) => break c,
                 Err(e) if attempt >= RECONNECT_ATTEMPTS => return Err(e),
                 Err(_) => {}

@@ -33,6 +33,27 @@ pub const STORE_QUEUE: usize = 65_536;
 /// How often the account table is polled for changes.
 pub const ACCOUNT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Default address of the TLS frame listener.
+pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:7443";
+
+/// A TLS frame listener beside the plain one (`serve --tls-cert --tls-key`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address to listen on (port 0 picks one: see `RunningServer::tls_addr`).
+    pub listen: String,
+    /// PEM certificate chain, leaf first; re-read by `RunningServer::reload_tls`.
+    pub cert: PathBuf,
+    /// PEM private key; re-read by `RunningServer::reload_tls`.
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// TLS on [`DEFAULT_TLS_LISTEN`] with these files.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self { listen: DEFAULT_TLS_LISTEN.to_owned(), cert: cert.into(), key: key.into() }
+    }
+}
+
 /// Everything `sigil serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +85,8 @@ pub struct Config {
     pub idle_timeout_ms: Option<u64>,
     /// Address of the web listener (`/metrics`, `/healthz`); `None`: no web listener.
     pub web: Option<String>,
+    /// A TLS frame listener as well, when set.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -84,6 +107,7 @@ impl Config {
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
             web: None,
+            tls: None,
         }
     }
 

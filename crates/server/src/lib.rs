@@ -18,6 +18,7 @@ pub mod outbound;
 mod shared;
 pub mod store;
 pub mod store_writer;
+pub mod tls;
 pub mod transport;
 mod web;
 
@@ -39,7 +40,8 @@ pub use crate::metrics::Metrics;
 pub use crate::shared::Directory;
 use crate::shared::Shared;
 use crate::store::{Storage, Store, StoreError, StoredAccount};
-use crate::transport::Transport;
+use crate::tls::{TlsError, TlsReloader};
+use crate::transport::{ByteStream, Transport};
 use hub::HubMsg;
 use sigil_core::{AccountKey, ConnId, Input, Relay};
 use sigil_proto::Outbound;
@@ -58,6 +60,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running server.
@@ -68,6 +73,8 @@ pub struct RunningServer {
     stop: CancellationToken,
     failure: Arc<std::sync::OnceLock<String>>,
     done: tokio::task::JoinHandle<()>,
+    /// The TLS listener's address and certificates, when TLS is on.
+    tls: Option<(SocketAddr, TlsReloader)>,
 }
 
 impl RunningServer {
@@ -84,6 +91,25 @@ impl RunningServer {
     /// What the server counts (also served on `/metrics`).
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The TLS listener's bound address, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Re-reads the TLS certificate and key: new handshakes use them, sessions
+    /// already running are untouched. A bad file leaves the old ones in use.
+    /// Without TLS there is nothing to reload: `Ok`.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.tls.as_ref().map_or(Ok(()), |(_, reloader)| reloader.reload())
+    }
+
+    /// The TLS certificates, shared with the TLS listener: another listener
+    /// (HTTPS) can serve with them, and a clone can be reloaded after the
+    /// server has been handed to [`RunningServer::run_until`].
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.tls.as_ref().map(|(_, reloader)| reloader.clone())
     }
 
     /// Serves one connection carried by `transport` (TLS, a WebSocket
@@ -147,6 +173,7 @@ async fn launch<S: Storage>(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    let tls_listener = bind_tls(config.tls.as_ref()).await?;
 
     let mut relay = Relay::new(config.limits.clone(), now_unix(), sigil_core::IdSource::new(Ulid::new));
     let mut directory = HashMap::new();
@@ -194,7 +221,12 @@ async fn launch<S: Storage>(
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
     let done = tokio::spawn(serve(listener, shared.clone(), stop.clone(), hub_task, vec![watcher, store_thread]));
-    Ok(RunningServer { local_addr, web_addr, shared, stop, failure, done })
+    let tls = tls_listener.map(|(listener, addr, reloader)| {
+        tracing::info!(tls = %addr, cert = %reloader.cert_path().display(), "listening for TLS");
+        shared.tracker.spawn(serve_tls(listener, shared.clone(), reloader.clone(), stop.clone()));
+        (addr, reloader)
+    });
+    Ok(RunningServer { local_addr, web_addr, shared, stop, failure, done, tls })
 }
 
 async fn serve(
@@ -238,10 +270,7 @@ async fn serve(
 /// through here: the listener's accept loop and [`RunningServer::serve_connection`].
 async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr) {
     match shared.admit(peer.ip(), T::KIND) {
-        Ok(slot) => {
-            let conn = ConnId(shared.last_conn.fetch_add(1, Ordering::Relaxed) + 1);
-            connection::spawn(shared.clone(), conn, stream, peer, slot).await;
-        }
+        Ok(slot) => start_admitted(shared, stream, peer, slot).await,
         Err(why) => {
             // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
             tracing::info!(%peer, why, "connection refused");
@@ -255,6 +284,71 @@ async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: S
             stream.refuse(&buf);
         }
     }
+}
+
+/// Starts the tasks of a connection that holds its `slot`.
+async fn start_admitted<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr, slot: shared::ConnSlot) {
+    let conn = ConnId(shared.last_conn.fetch_add(1, Ordering::Relaxed) + 1);
+    connection::spawn(shared.clone(), conn, stream, peer, slot).await;
+}
+
+/// Loads the certificates and binds the TLS listener, when TLS is configured.
+async fn bind_tls(tls: Option<&TlsConfig>) -> Result<Option<(TcpListener, SocketAddr, TlsReloader)>, ServerError> {
+    let Some(tls) = tls else { return Ok(None) };
+    let reloader = TlsReloader::load(&tls.cert, &tls.key)?;
+    let bind_error = |source| ServerError::Bind { addr: tls.listen.clone(), source };
+    let listener = TcpListener::bind(&tls.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok(Some((listener, addr, reloader)))
+}
+
+/// The TLS listener's accept loop, beside [`serve`]'s: each connection is
+/// admitted through the same limits, then its handshake runs in its own task
+/// (bounded by the CNN timeout) and the session is served as any other.
+async fn serve_tls(listener: TcpListener, shared: Arc<Shared>, reloader: TlsReloader, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_tls_connection(&shared, &reloader, &stop, stream, peer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Admits a TLS connection, then shakes hands in the connection's own task.
+/// A refused one is closed: there is no TLS session yet to carry an `ERR`.
+fn serve_tls_connection(
+    shared: &Arc<Shared>,
+    reloader: &TlsReloader,
+    stop: &CancellationToken,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let slot = match shared.admit(peer.ip(), "tls") {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::info!(%peer, why, "TLS connection refused");
+            return;
+        }
+    };
+    let timeout = Duration::from_millis(shared.config.cnn_timeout_ms());
+    let (shared, reloader, stop) = (shared.clone(), reloader.clone(), stop.clone());
+    shared.tracker.clone().spawn(async move {
+        let _ = stream.set_nodelay(true);
+        let handshake = tokio::select! {
+            _ = stop.cancelled() => return,
+            handshake = reloader.accept(stream, timeout) => handshake,
+        };
+        match handshake {
+            Ok(tls) => start_admitted(&shared, ByteStream::new(tls), peer, slot).await,
+            Err(e) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+        }
+    });
 }
 
 /// Polls the store's accounts and tells the hub what changed. A thread,
