@@ -88,6 +88,11 @@ fn file_flags(serve: &Command, given: &ArgMatches, path: &Path) -> Result<Vec<Os
             toml::Value::Boolean(b) => b.to_string(),
             other => return Err(key_error(format!("{key}: a {} is not a flag value", other.type_str()))),
         };
+        // A file that restates a default says nothing (and so asks nothing of
+        // the flags a default's flag would require, e.g. tls-listen without TLS).
+        if arg.get_default_values().first().is_some_and(|d| d.to_string_lossy() == text) {
+            continue;
+        }
         match (arg.get_long(), arg.get_action()) {
             (None, _) => positional.push(OsString::from(text)),
             (Some(long), ArgAction::SetTrue) => match value {
