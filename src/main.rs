@@ -1,7 +1,9 @@
 //! The `sigil` command: serve | account | backup | restore | client | frame | decode.
 
 mod config_file;
+mod hangup;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +17,9 @@ use sigil_proto::wire::FrameCodec;
 use sigil_server::store::backup::{self, BackupReport};
 use sigil_server::store::{Store, StoredAccount};
 use sigil_server::{self as server, Config};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 /// A relay server for a small, strict, signed chat protocol over raw TCP.
 #[derive(Parser)]
@@ -85,6 +90,20 @@ enum Cmd {
     },
     /// Load generator: sigil and peers side by side (see bench/README.md).
     Bench(sigil_bench::BenchArgs),
+}
+
+/// How `sigil serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// A log level or filter (`info`, `debug`, `sigil_server=debug,info`, ...).
+fn log_filter(s: &str) -> std::result::Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -176,6 +195,15 @@ struct ServeArgs {
     /// Run no web listener.
     #[arg(long)]
     no_web: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG, when set, wins at start); SIGHUP re-reads it from --config.
+    #[arg(long, default_value = "info", value_parser = log_filter)]
+    log_level: String,
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for sessions to flush their last frames.
+    #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_GRACE_S, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    shutdown_grace_s: u64,
     /// PEM certificate chain (leaf first): also serve frames over TLS on --tls-listen. Re-read on SIGHUP.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -267,20 +295,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let given: Vec<OsString> = std::env::args_os().collect();
     let matches = command.clone().get_matches_from(argv);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let (Cmd::Serve(args), Some(serve), Some(given)) =
+    let mut effective = String::new();
+    if let (Cmd::Serve(args), Some(serve), Some(serve_given)) =
         (&cli.command, command.find_subcommand("serve"), matches.subcommand_matches("serve"))
     {
+        effective = config_file::render(serve, serve_given);
         if args.print_config {
-            print!("{}", config_file::render(serve, given));
+            print!("{effective}");
             return ExitCode::SUCCESS;
         }
     }
-    match run(cli) {
+    match run(cli, given, effective) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sigil: {e}");
@@ -295,9 +326,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, argv: Vec<OsString>, effective: String) -> Result<()> {
     match cli.command {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(args) => serve(args, argv, effective),
         Cmd::Account(cmd) => account(cmd),
         Cmd::Backup { db, out, force } => {
             let report = Store::open_existing(&db)?.backup_to(&out, force)?;
@@ -335,15 +366,27 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Starts the log: text or JSON lines on stderr, at `level` (or RUST_LOG);
+/// returns the handle SIGHUP changes the level with.
+fn init_logs(format: LogFormat, level: &str) -> reload::Handle<EnvFilter, Registry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init(),
+    }
+    handle
+}
+
+fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> {
+    let log = init_logs(args.log_format, &args.log_level);
     let mut config = Config::new(args.addr, args.db);
     config.limits = Limits {
         server_name: args.server_name,
@@ -371,6 +414,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
     config.web = (!args.no_web).then_some(args.web);
+    config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(server::TlsConfig { listen: args.tls_listen, cert, key });
     }
@@ -388,10 +432,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     runtime()?.block_on(async {
         let running = server::start(config).await?;
-        let tls = running.tls_reloader();
+        let hangup =
+            hangup::Hangup { argv, effective, log, tls: running.tls_reloader(), limits: running.live_limits() };
         running
             .run_until(async {
-                tokio::select! { _ = shutdown_signal() => {}, _ = reload_on_hangup(tls) => {} }
+                tokio::select! { _ = shutdown_signal() => {}, _ = hangup.run() => {} }
             })
             .await?;
         Ok(())
@@ -430,33 +475,6 @@ fn describe(r: &BackupReport) -> String {
         r.channels,
         r.history
     )
-}
-
-/// Re-reads the TLS certificate and key on each SIGHUP (what
-/// `RunningServer::reload_tls` does, through a handle that outlives lending
-/// the server to `run_until`). Never completes. Without TLS, SIGHUP keeps its
-/// default meaning.
-async fn reload_on_hangup(tls: Option<server::tls::TlsReloader>) {
-    #[cfg(unix)]
-    if let Some(tls) = tls {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    match tls.reload() {
-                        Ok(()) => tracing::info!(cert = %tls.cert_path().display(), "TLS certificate reloaded"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "TLS reload failed; still serving the previous certificate")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS certificates will not be reloaded"),
-        }
-    }
-    #[cfg(not(unix))]
-    drop(tls);
-    std::future::pending::<()>().await
 }
 
 fn credentials_of(a: &StoredAccount) -> Credentials {

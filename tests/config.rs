@@ -78,3 +78,61 @@ async fn a_server_runs_with_its_file() {
     let Ok(ServerEvent::Sinfo(info)) = ServerEvent::decode(f.command.as_str(), &f.payload) else { panic!("not SINFO") };
     assert_eq!((info.server_name.as_str(), info.max_payload), ("configured", 9000));
 }
+
+/// SIGHUP reads the file again: connection limits and the log level change at
+/// once, anything else is logged as needing a restart.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_rereads_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sigil.toml");
+    std::fs::write(&file, "max-connections-per-ip = 64\n").expect("write");
+    let (server, log) = ServerProcess::start_logged(dir.path(), &["--config", "sigil.toml"]);
+    let addr: std::net::SocketAddr = server.addr.parse().expect("an address");
+    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    std::fs::write(&file, "max-connections-per-ip = 1\nmax-payload = 9000\nlog-level = \"debug\"\n").expect("write");
+    let hup = Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().expect("kill -HUP");
+    assert!(hup.success());
+    let changed = ServerProcess::wait_for(&log, "max-connections-per-ip");
+    assert!(changed.contains("configuration changed") && changed.contains(r#"to="1""#), "{changed}");
+    let restart = ServerProcess::wait_for(&log, "max-payload");
+    assert!(restart.contains("restart to apply"), "{restart}");
+    ServerProcess::wait_for(&log, "configuration reloaded");
+    // The new per-address limit holds at once: one connection is open already.
+    let mut second = Raw::connect(addr).await;
+    let (_, err) = second.expect_fatal(sigil_proto::ErrorCode::RateLimited).await;
+    assert!(err.reason.contains("your address"), "{}", err.reason);
+    drop(first);
+}
+
+/// `--log-format json`: one JSON object per line, and a line about a session
+/// names it, its account and the peer's address.
+#[tokio::test]
+async fn json_logs_name_the_session_account_and_peer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = sigil_server::store::Store::open(&dir.path().join("sigil.db")).expect("store");
+    let a = store.add_account("alice", support::now()).expect("account");
+    drop(store);
+    let alice = sigil_client::Credentials { id: a.id, name: a.name, key: a.key };
+    let (server, log) = ServerProcess::start_logged(dir.path(), &["--log-format", "json"]);
+    let addr: std::net::SocketAddr = server.addr.parse().expect("an address");
+    let client = sigil_client::Client::connect(addr, &alice).await.expect("connect");
+    let line = ServerProcess::wait_for(&log, "authenticated");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    let fields = &event["fields"];
+    assert_eq!(fields["message"], "authenticated");
+    assert_eq!(fields["name"], "alice");
+    assert_eq!(fields["account"], alice.id.to_string());
+    assert!(fields["conn"].as_u64().is_some(), "{line}");
+    let local = client_addr(&line);
+    assert!(local.starts_with("127.0.0.1:"), "{line}");
+    drop(client);
+    let line = ServerProcess::wait_for(&log, "disconnected");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(event["fields"]["name"], "alice");
+}
+
+fn client_addr(line: &str) -> String {
+    let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    event["fields"]["peer"].as_str().unwrap_or_default().to_owned()
+}

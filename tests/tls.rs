@@ -332,7 +332,7 @@ async fn sighup_reloads_the_certificate_of_sigil_serve() {
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
         .current_dir(dir.path())
-        .args(["serve", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--tls-cert"])
+        .args(["serve", "127.0.0.1:0", "--web", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--tls-cert"])
         .arg(&files.cert)
         .arg("--tls-key")
         .arg(&files.key)

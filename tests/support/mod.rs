@@ -263,6 +263,14 @@ impl ServerProcess {
     /// Starts `sigil serve 127.0.0.1:0 --web 127.0.0.1:0 ARGS` in `dir` and
     /// waits for its frame listener's address.
     pub fn start(dir: &std::path::Path, args: &[&str]) -> ServerProcess {
+        let (server, lines) = Self::start_logged(dir, args);
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        server
+    }
+
+    /// The same, handing back the rest of its log, line by line.
+    pub fn start_logged(dir: &std::path::Path, args: &[&str]) -> (ServerProcess, std::sync::mpsc::Receiver<String>) {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
             .current_dir(dir)
@@ -275,13 +283,32 @@ impl ServerProcess {
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = loop {
             let line = lines.next().expect("server log line").expect("log line");
-            if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
-                break rest.split_whitespace().next().expect("address").to_owned();
+            // Text (`addr=HOST:PORT`) or JSON (`"addr":"HOST:PORT"`) logs.
+            let found = line.split("addr=").nth(1).or_else(|| line.split("\"addr\":\"").nth(1));
+            if let Some(rest) = found.filter(|_| line.contains("listening")) {
+                break rest.split(|c: char| c.is_whitespace() || c == '"').next().expect("address").to_owned();
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, addr }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (ServerProcess { child, addr }, rx)
+    }
+
+    /// The next line of `log` that contains `needle` (within a few seconds).
+    pub fn wait_for(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
     }
 }
 

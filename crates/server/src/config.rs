@@ -11,6 +11,8 @@ use sigil_core::Limits;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 8192;
 /// Default outbound queue size per connection, in payload bytes.
 pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Default time a shutdown waits for sessions to flush (s).
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 /// Default address of the web listener (`sigil serve --web`).
 pub const DEFAULT_WEB_ADDR: &str = "127.0.0.1:7071";
 /// Default connections in total.
@@ -85,6 +87,8 @@ pub struct Config {
     pub idle_timeout_ms: Option<u64>,
     /// Address of the web listener (`/metrics`, `/healthz`); `None`: no web listener.
     pub web: Option<String>,
+    /// How long a shutdown waits for sessions to flush their last frames.
+    pub shutdown_grace: Duration,
     /// A TLS frame listener as well, when set.
     pub tls: Option<TlsConfig>,
 }
@@ -107,6 +111,7 @@ impl Config {
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
             web: None,
+            shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             tls: None,
         }
     }
@@ -119,7 +124,42 @@ impl Config {
         self.idle_timeout_ms.unwrap_or(self.limits.timeout_s.saturating_mul(1000))
     }
 
+    /// The limits a running server can change ([`crate::RunningServer::live_limits`]).
+    pub fn live(&self) -> LiveLimits {
+        LiveLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            rate: self.rate,
+            burst: self.burst,
+            frame_timeout_s: self.frame_timeout_s,
+            outbound_queue: self.outbound_queue,
+            outbound_bytes: self.outbound_bytes,
+        }
+    }
+
     pub(crate) fn frame_timeout(&self) -> Duration {
         Duration::from_millis(self.frame_timeout_ms.unwrap_or(self.frame_timeout_s.saturating_mul(1000)))
     }
+}
+
+/// The connection limits a running server can change (SIGHUP with
+/// `--config`): they apply to connections admitted from then on, and the
+/// connection counts at once. The protocol's own limits (`Limits`, announced
+/// in `SINFO`) need a restart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveLimits {
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Frames per second per connection.
+    pub rate: f64,
+    /// Frames a connection may send at once.
+    pub burst: f64,
+    /// Time from a frame's first byte to its last (s).
+    pub frame_timeout_s: u64,
+    /// Outbound queue length per connection (frames).
+    pub outbound_queue: usize,
+    /// Outbound queue size per connection (payload bytes).
+    pub outbound_bytes: usize,
 }

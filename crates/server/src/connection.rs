@@ -97,9 +97,10 @@ pub(crate) async fn spawn<T: Transport>(
 ) {
     let accepted = Instant::now();
     let (read, write) = stream.split();
-    let max_bytes = shared.config.outbound_bytes.max(shared.config.limits.max_payload);
+    let live = shared.live();
+    let max_bytes = live.outbound_bytes.max(shared.config.limits.max_payload);
     let metrics = shared.metrics.clone();
-    let handle = Arc::new(ConnHandle::counted(shared.config.outbound_queue.max(1), max_bytes, metrics, slot.transport));
+    let handle = Arc::new(ConnHandle::counted(live.outbound_queue.max(1), max_bytes, metrics, slot.transport));
     // Registered before the reader runs, so the hub knows the handle before any input.
     if shared.hub.send(HubMsg::Register { conn, handle: handle.clone() }).await.is_err() {
         return;
@@ -133,12 +134,20 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
     peer: std::net::SocketAddr,
 ) {
     let limits = &shared.config.limits;
-    let timed = FrameDeadline { inner: read, limit: shared.config.frame_timeout(), deadline: None };
+    let live = shared.live();
+    // A test's millisecond override stands; otherwise the live limit.
+    let frame_timeout = match shared.config.frame_timeout_ms {
+        Some(_) => shared.config.frame_timeout(),
+        None => Duration::from_secs(live.frame_timeout_s),
+    };
+    let timed = FrameDeadline { inner: read, limit: frame_timeout, deadline: None };
     let codec = FrameCodec::new(MAX_PAYLOAD_BEFORE_AUTH.min(limits.max_payload));
     let mut framed = FramedRead::with_capacity(timed, codec, 0);
     let started = Instant::now();
-    let mut bucket = TokenBucket::new(shared.config.rate, shared.config.burst, 0.0);
+    let mut bucket = TokenBucket::new(live.rate, live.burst, 0.0);
     let mut warned = false;
+    // The account's name, once authenticated, for the log.
+    let mut name = String::new();
     let mut session = Session::new(limits.skew_s);
     let idle = Duration::from_millis(shared.config.idle_timeout_ms());
     let mut deadline = accepted + Duration::from_millis(shared.config.cnn_timeout_ms());
@@ -215,8 +224,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
         if was_authenticated {
             deadline = Instant::now() + idle;
         }
-        let output = session
-            .on_frame(&frame, now_unix(), |id: &Ulid| shared.directory.read().ok().and_then(|d| d.get(id).cloned()));
+        let output = session.on_frame(&frame, now_unix(), |id: &Ulid| {
+            shared.directory.read().ok().and_then(|d| d.get(id).map(|e| e.0.clone()))
+        });
         let input = match output {
             Err(e) => {
                 if e.code == ErrorCode::AuthFailed {
@@ -234,7 +244,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
                     handle.set_pending_mac(Arc::clone(mac));
                 }
                 framed.decoder_mut().set_max_payload(limits.max_payload);
-                tracing::info!(conn = conn.0, %peer, %account, "authenticated");
+                name =
+                    shared.directory.read().ok().and_then(|d| d.get(&account).map(|e| e.1.clone())).unwrap_or_default();
+                tracing::info!(conn = conn.0, %peer, %account, %name, "authenticated");
                 deadline = Instant::now() + idle;
                 Input::Open { conn, account, key_rev, envelope, batch }
             }
@@ -265,7 +277,7 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
             reason
         }
     };
-    tracing::info!(conn = conn.0, %peer, %account, %reason, "disconnected");
+    tracing::info!(conn = conn.0, %peer, %account, %name, %reason, "disconnected");
     // Read and drop what the peer still sends while the writer flushes, so
     // closing with unread input does not reset the connection under the ERR.
     let mut read = framed.into_inner().inner;

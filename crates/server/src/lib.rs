@@ -65,6 +65,24 @@ pub enum ServerError {
     Tls(#[from] TlsError),
 }
 
+/// Changes a running server's [`LiveLimits`].
+#[derive(Clone)]
+pub struct LiveLimitsHandle(Arc<Shared>);
+
+impl LiveLimitsHandle {
+    /// The limits in force.
+    pub fn get(&self) -> LiveLimits {
+        self.0.live()
+    }
+
+    /// Puts `limits` in force for connections admitted from now on.
+    pub fn set(&self, limits: LiveLimits) {
+        if let Ok(mut live) = self.0.live.write() {
+            *live = limits;
+        }
+    }
+}
+
 /// A running server.
 pub struct RunningServer {
     local_addr: SocketAddr,
@@ -86,6 +104,12 @@ impl RunningServer {
     /// The web listener's bound address, when it runs.
     pub fn web_addr(&self) -> Option<SocketAddr> {
         self.web_addr
+    }
+
+    /// A handle on the connection limits in force, to change them while the
+    /// server runs (it outlives lending the server to [`RunningServer::run_until`]).
+    pub fn live_limits(&self) -> LiveLimitsHandle {
+        LiveLimitsHandle(self.shared.clone())
     }
 
     /// What the server counts (also served on `/metrics`).
@@ -183,12 +207,13 @@ async fn launch<S: Storage>(
             now_unix(),
             &mut Vec::new(),
         );
-        directory.insert(a.id, AccountKey { key: a.key.clone(), rev: a.key_rev });
+        directory.insert(a.id, (AccountKey { key: a.key.clone(), rev: a.key_rev }, a.name.clone()));
     }
     for snapshot in channels {
         relay.restore_channel(snapshot);
     }
     let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let live = RwLock::new(config.live());
     let shared = Arc::new(Shared {
         sinfo_unsigned: relay.sinfo().clone().unsigned(),
         config,
@@ -198,6 +223,7 @@ async fn launch<S: Storage>(
         connections: std::sync::Mutex::new((0, HashMap::new())),
         last_conn: AtomicU64::new(0),
         metrics: metrics.clone(),
+        live,
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -256,7 +282,10 @@ async fn serve(
         let _ = rx.await;
     }
     shared.tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+    // Sessions flush their last frames (`ERR shutdown` last) within the grace time.
+    if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait()).await.is_err() {
+        tracing::warn!(grace = ?shared.config.shutdown_grace, "connections still open after the grace time: dropped");
+    }
     // The hub's end closes the store queue; the store thread drains it and
     // closes the database.
     let _ = hub_task.await;
@@ -396,7 +425,11 @@ fn spawn_account_watcher<S: Storage>(
             // closed when the change reaches the hub (the key revision decides).
             if let Ok(mut dir) = shared.directory.write() {
                 dir.clear();
-                dir.extend(accounts.iter().map(|a| (a.id, AccountKey { key: a.key.clone(), rev: a.key_rev })));
+                dir.extend(
+                    accounts
+                        .iter()
+                        .map(|a| (a.id, (AccountKey { key: a.key.clone(), rev: a.key_rev }, a.name.clone()))),
+                );
             }
             for input in diff_accounts(&known, &accounts) {
                 if shared.hub.blocking_send(HubMsg::Input(input)).is_err() {

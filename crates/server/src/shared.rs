@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
-use crate::config::Config;
+use crate::config::{Config, LiveLimits};
 use prometheus::IntGauge;
 
 use crate::hub::HubMsg;
@@ -18,8 +18,8 @@ use crate::metrics::{Metrics, RateLimit};
 use sigil_core::AccountKey;
 use sigil_proto::Outbound;
 
-/// The account keys readers check CNN against.
-pub type Directory = RwLock<HashMap<Ulid, AccountKey>>;
+/// The account keys readers check CNN against, with the accounts' names (for the logs).
+pub type Directory = RwLock<HashMap<Ulid, (AccountKey, String)>>;
 
 /// State shared by the server's tasks.
 pub(crate) struct Shared {
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) last_conn: AtomicU64,
     /// What the server counts.
     pub(crate) metrics: Arc<Metrics>,
+    /// The connection limits in force (changed while running by SIGHUP).
+    pub(crate) live: RwLock<LiveLimits>,
 }
 
 /// A connection's place in the connection limits, given back on drop.
@@ -47,6 +49,11 @@ pub(crate) struct ConnSlot {
 }
 
 impl Shared {
+    /// The connection limits in force now.
+    pub(crate) fn live(&self) -> LiveLimits {
+        self.live.read().map_or_else(|_| self.config.live(), |l| *l)
+    }
+
     /// Takes a connection slot for a connection over `transport`, or says
     /// which limit is reached.
     pub(crate) fn admit(
@@ -62,13 +69,14 @@ impl Shared {
     }
 
     fn take_slot(self: &Arc<Self>, ip: std::net::IpAddr, transport: &'static str) -> Result<ConnSlot, &'static str> {
+        let live = self.live();
         let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
         let (total, per_ip) = &mut *guard;
-        if *total >= self.config.max_connections {
+        if *total >= live.max_connections {
             return Err("too many connections to this server");
         }
         let mine = per_ip.entry(ip).or_insert(0);
-        if *mine >= self.config.max_connections_per_ip {
+        if *mine >= live.max_connections_per_ip {
             return Err("too many connections from your address");
         }
         *mine += 1;
