@@ -1,7 +1,9 @@
 //! Crash safety (PROTOCOL.md §8): a stream of commits, the server killed with
 //! SIGKILL at a random point, restarted on the same database; every message
 //! any client saw in a `CH_MSG_COMMIT` must be in the history, in order, and
-//! the history only ever grows. Repeated over several kill points.
+//! the history only ever grows. Repeated over several kill points. The same
+//! with SIGTERM: a graceful shutdown with commits in flight exits 0 and loses
+//! nothing it announced.
 //!
 //! The kill points come from a seed, printed on failure; rerun one with
 //! `SIGIL_CRASH_SEED=<seed> cargo test --test crash`.
@@ -82,8 +84,26 @@ fn member(mut c: Client, leader: bool, seen: Seen) -> tokio::task::JoinHandle<()
     })
 }
 
+/// How a round stops the server.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a graceful shutdown, which must exit 0.
+    Term,
+}
+
 #[tokio::test]
 async fn commits_survive_sigkill_at_random_points() {
+    commits_survive(Stop::Kill, ROUNDS).await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_with_commits_in_flight_exits_0_and_loses_nothing() {
+    commits_survive(Stop::Term, 2).await;
+}
+
+async fn commits_survive(stop: Stop, rounds: u64) {
     let seed: u64 = std::env::var("SIGIL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +120,7 @@ async fn commits_survive_sigkill_at_random_points() {
     let mut channel = None;
     let mut previous: Vec<Ulid> = Vec::new();
     let mut total_seen = 0;
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         let server = ServerProcess::start(dir.path(), &["--rate", "100000", "--burst", "100000"]);
         let addr = server.addr.clone();
         let (mut a, mut b, mut c) =
@@ -151,8 +171,25 @@ async fn commits_survive_sigkill_at_random_points() {
         let kill_after = Duration::from_millis(rng.gen_range(150..1_200));
         tokio::time::sleep(kill_after).await;
         let mut server = server;
-        server.child.kill().expect("SIGKILL");
-        server.child.wait().unwrap();
+        match stop {
+            Stop::Kill => {
+                server.child.kill().expect("SIGKILL");
+                server.child.wait().unwrap();
+            }
+            Stop::Term => {
+                let pid = server.child.id().to_string();
+                assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let status = loop {
+                    if let Some(status) = server.child.try_wait().unwrap() {
+                        break status;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "seed {seed}: no exit after SIGTERM");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                assert!(status.success(), "seed {seed}: a graceful shutdown exits 0, not {status}");
+            }
+        }
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
@@ -185,5 +222,5 @@ async fn commits_survive_sigkill_at_random_points() {
         drop(server);
     }
     assert!(total_seen > 0, "seed {seed}: no commit was seen at all");
-    println!("seed {seed}: {total_seen} commit announcements checked, {} messages in history", previous.len());
+    println!("{stop:?}, seed {seed}: {total_seen} commit announcements checked, {} messages in history", previous.len());
 }
