@@ -222,5 +222,8 @@ async fn commits_survive(stop: Stop, rounds: u64) {
         drop(server);
     }
     assert!(total_seen > 0, "seed {seed}: no commit was seen at all");
-    println!("{stop:?}, seed {seed}: {total_seen} commit announcements checked, {} messages in history", previous.len());
+    println!(
+        "{stop:?}, seed {seed}: {total_seen} commit announcements checked, {} messages in history",
+        previous.len()
+    );
 }

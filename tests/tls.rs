@@ -391,3 +391,31 @@ async fn wait_for(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, need
         }
     }
 }
+
+/// With TLS on, the web listener speaks HTTPS with the same certificate.
+#[tokio::test]
+async fn the_web_listener_is_https_with_the_same_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("sigil test CA");
+    let (cert, key, der) = ca.server_cert(1);
+    let files = Files::new(&ca, &cert, &key);
+    let ts = TestServer::start(&["alice"], |c| {
+        tls_on(&files)(c);
+        c.web = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let web = ts.server.as_ref().and_then(|s| s.web_addr()).expect("a web listener");
+    let mut https = raw_tls(web, &trusting(&ca)).await;
+    assert_eq!(https.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()), Some(der));
+    https.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, https.read_to_end(&mut answer)).await.expect("in time").ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+    // Plain HTTP gets no answer from it.
+    let mut plain = tokio::net::TcpStream::connect(web).await.expect("connect");
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("send");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut got)).await;
+    assert!(!String::from_utf8_lossy(&got).contains("200"), "plain HTTP was answered");
+}

@@ -239,8 +239,16 @@ async fn launch<S: Storage>(
             store.check_writable().map_err(|e| e.to_string())
         });
         // Stopped with the server; it holds no session, so it needs no draining.
-        drop(web::spawn(listener, metrics.clone(), check, stop.clone()));
-        tracing::info!(addr = %addr, "web listener (/metrics, /healthz)");
+        match tls_listener.as_ref().map(|(_, _, reloader)| reloader.clone()) {
+            Some(tls) => {
+                drop(web::spawn_tls(listener, metrics.clone(), check, tls, stop.clone()));
+                tracing::info!(addr = %addr, "web listener, HTTPS (/metrics, /healthz)");
+            }
+            None => {
+                drop(web::spawn(listener, metrics.clone(), check, stop.clone()));
+                tracing::info!(addr = %addr, "web listener (/metrics, /healthz)");
+            }
+        }
         addr
     });
     let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
