@@ -136,3 +136,15 @@ fn client_addr(line: &str) -> String {
     let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
     event["fields"]["peer"].as_str().unwrap_or_default().to_owned()
 }
+
+/// The example configuration in `contrib/` is one `sigil serve` reads.
+#[test]
+fn the_contrib_example_reads() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sigil.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = sigil(dir.path(), &["serve", "--config", example.to_str().expect("utf-8 path"), "--print-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(setting(&printed, "log-format"), Some("\"json\""));
+    assert_eq!(setting(&printed, "db"), Some("\"/var/lib/sigil/sigil.db\""));
+}
