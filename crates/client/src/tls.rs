@@ -19,11 +19,18 @@ pub struct TlsClientOptions {
 }
 
 impl TlsClientOptions {
-    /// The public web's authorities (Mozilla's set, built in: `webpki-roots`):
-    /// what a `tls://` address trusts without `--ca`.
+    /// The operating system's certificate authorities (`rustls-native-certs`;
+    /// on Debian, the `ca-certificates` package): what a `tls://` address
+    /// trusts without `--ca`. A system with none readable falls back to the
+    /// public web's authorities built into sigil (Mozilla's set, `webpki-roots`).
     pub fn public_roots() -> Result<Self, ClientError> {
         let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Unreadable or malformed system certificates are skipped, as browsers do.
+        let system = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(system.certs);
+        if added == 0 {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
         Self::from_roots(roots)
     }
 
