@@ -106,6 +106,8 @@ impl SigilServer {
             .args(["--max-members", "100000", "--max-pending", "1000000"])
             .args(["--max-pending-bytes", "1073741824", "--replay-window", "4000000"])
             .args(["--outbound-queue", "1000000", "--outbound-bytes", "268435456"])
+            // Its web listener on a free port: it runs (and counts) as in production.
+            .args(["--web", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
