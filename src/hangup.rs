@@ -13,7 +13,7 @@ use sigil_server::LiveLimitsHandle;
 use tracing_subscriber::reload::Handle;
 use tracing_subscriber::{EnvFilter, Registry};
 
-use crate::{config_file, Cli, ServeArgs};
+use crate::{config_file, server_config, Cli, ServeArgs};
 
 /// Keys whose change a running server takes at once.
 const LIVE_KEYS: &[&str] = &[
@@ -104,20 +104,13 @@ impl Hangup {
                 tracing::warn!(key, from = old, to = value, "configuration changed: restart to apply");
             }
         }
+        let level = args.log_level.clone();
         if before.get("log-level") != after.get("log-level") {
-            if let Err(e) = self.log.reload(EnvFilter::new(&args.log_level)) {
+            if let Err(e) = self.log.reload(EnvFilter::new(&level)) {
                 tracing::error!(error = %e, "log level not changed");
             }
         }
-        let mut limits = self.limits.get();
-        limits.max_connections = args.max_connections;
-        limits.max_connections_per_ip = args.max_connections_per_ip;
-        limits.rate = args.rate;
-        limits.burst = args.burst;
-        limits.frame_timeout_s = args.frame_timeout_s;
-        limits.outbound_queue = args.outbound_queue;
-        limits.outbound_bytes = args.outbound_bytes;
-        self.limits.set(limits);
+        self.limits.set(server_config(args).live());
         tracing::info!(restart_needed = restart.len(), "configuration reloaded");
         self.effective = new;
     }

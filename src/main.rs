@@ -385,8 +385,8 @@ fn init_logs(format: LogFormat, level: &str) -> reload::Handle<EnvFilter, Regist
     handle
 }
 
-fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> {
-    let log = init_logs(args.log_format, &args.log_level);
+/// What `sigil serve`'s settings mean for the server.
+fn server_config(args: ServeArgs) -> Config {
     let mut config = Config::new(args.addr, args.db);
     config.limits = Limits {
         server_name: args.server_name,
@@ -418,6 +418,12 @@ fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> 
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(server::TlsConfig { listen: args.tls_listen, cert, key });
     }
+    config
+}
+
+fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> {
+    let log = init_logs(args.log_format, &args.log_level);
+    let config = server_config(args);
     // Each connection is a descriptor; a common soft limit of 1024 would make
     // accept fail long before --max-connections. Raise it toward the hard limit.
     let wanted = (config.max_connections as u64).saturating_mul(2).saturating_add(64);

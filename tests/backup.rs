@@ -64,18 +64,7 @@ async fn backup_while_a_writer_commits_is_a_whole_gap_free_prefix() {
         c.burst = 1e6;
     })
     .await;
-    let mut peers = Vec::new();
-    for (i, n) in ["alice", "bob", "carol"].iter().enumerate() {
-        peers.push(Peer::start(ts.addr, ts.user(n), i as u64 + 1).await);
-    }
-    peers[0].commands.send(Command::ChNew { name: "general".into() }).await.unwrap();
-    let ch = peers[0].until(|ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;
-    for p in &peers[1..] {
-        p.commands.send(Command::ChJoin { id: ch }).await.unwrap();
-    }
-    for p in &mut peers {
-        p.leader(ch).await;
-    }
+    let (mut peers, ch) = support::led_channel(&ts, &["alice", "bob", "carol"], "general").await;
 
     // bob types a message every 5 ms until told to stop.
     let stop = Arc::new(AtomicBool::new(false));

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sigil_proto::{Body, Command, ErrorCode, ServerEvent};
-use support::{Peer, TestServer, WAIT};
+use support::{TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ulid::Ulid;
 
@@ -102,18 +102,7 @@ async fn counters_move_by_what_happened() {
     let web = ts.server.as_ref().and_then(|s| s.web_addr()).expect("a web listener");
     let (_, before) = scrape(web).await;
 
-    let mut peers = Vec::new();
-    for (i, n) in ["alice", "bob", "carol"].iter().enumerate() {
-        peers.push(Peer::start(ts.addr, ts.user(n), i as u64 + 1).await);
-    }
-    peers[0].commands.send(Command::ChNew { name: "metered".into() }).await.expect("send");
-    let ch = peers[0].until(|ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;
-    for p in &peers[1..] {
-        p.commands.send(Command::ChJoin { id: ch }).await.expect("send");
-    }
-    for p in &mut peers {
-        p.leader(ch).await;
-    }
+    let (mut peers, ch) = support::led_channel(&ts, &["alice", "bob", "carol"], "metered").await;
     let msgs = [Ulid::new(), Ulid::new()];
     for m in msgs {
         peers[2].commands.send(Command::ChMsg { id: ch, msg_id: m, msg: Body::text("counted") }).await.expect("send");

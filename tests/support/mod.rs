@@ -406,3 +406,21 @@ impl Peer {
         self.until(|ev| matches!(ev, ServerEvent::ChMsgCommit(c) if c.id == msg_id).then_some(())).await
     }
 }
+
+/// Reference clients for `names` (seeds 1, 2, ...) in a new channel `channel`
+/// that the first creates and the others join, once each has seen a leader.
+pub async fn led_channel(ts: &TestServer, names: &[&str], channel: &str) -> (Vec<Peer>, Ulid) {
+    let mut peers = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        peers.push(Peer::start(ts.addr, ts.user(n), i as u64 + 1).await);
+    }
+    peers[0].commands.send(Command::ChNew { name: channel.into() }).await.expect("send");
+    let ch = peers[0].until(|ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;
+    for p in &peers[1..] {
+        p.commands.send(Command::ChJoin { id: ch }).await.expect("send");
+    }
+    for p in &mut peers {
+        p.leader(ch).await;
+    }
+    (peers, ch)
+}
