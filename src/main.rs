@@ -509,11 +509,20 @@ fn show_secret(account: &StoredAccount, SecretOut { json, out }: SecretOut, verb
     Ok(())
 }
 
+/// Opens the database at `db`, naming it in any error; only `create` may make a new one
+/// (a mistyped path must not silently become an empty database).
+fn open_db(db: &Path, create: bool) -> Result<Store> {
+    if !create && !db.exists() {
+        return Err(format!("no database at {} (sigil serve and sigil account add create one)", db.display()).into());
+    }
+    Store::open(db).map_err(|e| format!("{}: {e}", db.display()).into())
+}
+
 fn account(cmd: AccountCmd) -> Result<()> {
-    let open = |db: &Path| Store::open(db);
+    let open = |db: &Path| open_db(db, false);
     match cmd {
         AccountCmd::Add { name, db, secret } => {
-            let account = open(&db.db)?.add_account(&name, server::now_unix())?;
+            let account = open_db(&db.db, true)?.add_account(&name, server::now_unix())?;
             show_secret(&account, secret, "created")
         }
         AccountCmd::List { db, json } => {

@@ -165,3 +165,18 @@ fn sigterm_sends_err_shutdown_and_exits_cleanly() {
     // The database is intact and reopens.
     ok(&sigil(d, &["account", "list"]));
 }
+
+#[test]
+fn commands_that_read_a_database_refuse_a_missing_one_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [&["account", "list", "--db", "typo.db"][..], &["account", "remove", "bob", "--db", "typo.db"]] {
+        let out = sigil(d, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no database at typo.db"), "{args:?}");
+    }
+    assert!(!d.join("typo.db").exists(), "a mistyped path became an empty database");
+    // A file that cannot be opened is named.
+    let out = sigil(d, &["serve", "127.0.0.1:0", "--no-web", "--db", "missing-dir/x.db"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("missing-dir/x.db"));
+}

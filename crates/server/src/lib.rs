@@ -49,9 +49,17 @@ use sigil_proto::Outbound;
 /// A server start failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The database could not be opened.
+    /// The database could not be read at start.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The database could not be opened.
+    #[error("{path}: {source}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -171,9 +179,10 @@ impl RunningServer {
 
 /// Opens the store, binds the address and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let store = Store::open(&config.db)?;
-    let writer_store = Store::open(&config.db)?;
-    let health_store = Store::open(&config.db)?;
+    let open = || {
+        Store::open(&config.db).map_err(|source| ServerError::Open { path: config.db.display().to_string(), source })
+    };
+    let (store, writer_store, health_store) = (open()?, open()?, open()?);
     launch(config, [store, writer_store, health_store]).await
 }
 
