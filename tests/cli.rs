@@ -180,3 +180,24 @@ fn commands_that_read_a_database_refuse_a_missing_one_by_name() {
     let out = sigil(d, &["serve", "127.0.0.1:0", "--no-web", "--db", "missing-dir/x.db"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("missing-dir/x.db"));
 }
+
+#[test]
+fn the_terminal_client_ends_quietly_when_its_output_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&sigil(d, &["account", "add", "alice"]));
+    let server = Server::start(d, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .current_dir(d)
+        .args(["client", &server.addr, "--cred", "alice.cred"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `sigil client ... | head -0`: the reader is gone before the first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "exit {}: {err}", out.status);
+}

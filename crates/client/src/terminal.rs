@@ -303,15 +303,21 @@ pub async fn run(endpoint: &Endpoint, cred: &Credentials) -> Result<(), ClientEr
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut client =
         Client::connect_to(endpoint, cred, ConnectOptions { batch: true, ..ConnectOptions::default() }).await?;
-    println!("[{}] signed in as {} — {HELP}", local_time(), cred.name);
+    if !say(&format!("[{}] signed in as {} — {HELP}", local_time(), cred.name)) {
+        return Ok(());
+    }
     loop {
         match session(client, &mut view, &mut stdin, started).await? {
             End::Quit => return Ok(()),
             End::Refused(why) => {
-                println!("[{}] {why}", local_time());
+                say(&format!("[{}] {why}", local_time()));
                 return Ok(());
             }
-            End::Lost(why) => println!("[{}] connection lost ({why}); reconnecting…", local_time()),
+            End::Lost(why) => {
+                if !say(&format!("[{}] connection lost ({why}); reconnecting…", local_time())) {
+                    return Ok(());
+                }
+            }
         }
         view.agent.reconnected();
         let mut attempt = 0;
@@ -325,8 +331,18 @@ pub async fn run(endpoint: &Endpoint, cred: &Credentials) -> Result<(), ClientEr
                 Err(_) => {}
             }
         };
-        println!("[{}] reconnected", local_time());
+        if !say(&format!("[{}] reconnected", local_time())) {
+            return Ok(());
+        }
     }
+}
+
+/// Writes a line to stdout; false once stdout is gone (`sigil client | head`
+/// closed the pipe): the client then ends quietly instead of panicking.
+fn say(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 /// One connection's life.
@@ -378,7 +394,9 @@ async fn session(
             _ = keepalive.tick() => Reaction { send: vec![Command::Kalive], ..Reaction::default() },
         };
         for line in reaction.lines {
-            println!("{line}");
+            if !say(&line) {
+                return Ok(End::Quit);
+            }
         }
         // One write for the whole reaction, its acks and commits batched.
         for command in view.agent.coalesce(reaction.send) {
