@@ -27,6 +27,13 @@ const LIVE_KEYS: &[&str] = &[
     "outbound-bytes",
 ];
 
+/// SIGHUP, registered before the server listens (`None`: it could not be).
+#[cfg(unix)]
+pub type HangupSignal = Option<tokio::signal::unix::Signal>;
+/// No SIGHUP on this system.
+#[cfg(not(unix))]
+pub type HangupSignal = ();
+
 /// What SIGHUP reloads.
 pub struct Hangup {
     /// The command line as given, to read the file again through it.
@@ -48,19 +55,15 @@ fn settings(rendered: &str) -> BTreeMap<&str, &str> {
 
 impl Hangup {
     /// Waits for SIGHUP and reloads, forever.
-    pub async fn run(mut self) {
+    pub async fn run(mut self, hup: HangupSignal) {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    while hup.recv().await.is_some() {
-                        self.reload();
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded"),
+        if let Some(mut hup) = hup {
+            while hup.recv().await.is_some() {
+                self.reload();
             }
         }
+        #[cfg(not(unix))]
+        let () = hup;
         std::future::pending::<()>().await
     }
 

@@ -437,37 +437,65 @@ fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> 
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
     runtime()?.block_on(async {
+        // Registered before the server listens: a signal that came between
+        // listening and waiting for it would otherwise take its default
+        // action (SIGHUP and SIGTERM end the process).
+        let signals = Signals::register();
         let running = server::start(config).await?;
         let hangup =
             hangup::Hangup { argv, effective, log, tls: running.tls_reloader(), limits: running.live_limits() };
+        let Signals { stop, hup } = signals;
         running
             .run_until(async {
-                tokio::select! { _ = shutdown_signal() => {}, _ = hangup.run() => {} }
+                tokio::select! { _ = stop => {}, _ = hangup.run(hup) => {} }
             })
             .await?;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// The signals `sigil serve` acts on, listened for from the start.
+struct Signals {
+    /// Resolves on SIGTERM or SIGINT (Ctrl-C).
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// SIGHUP, where the system has it.
+    hup: hangup::HangupSignal,
+}
+
+impl Signals {
     #[cfg(unix)]
-    {
+    fn register() -> Signals {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, signal = name, "cannot listen for this signal");
+                None
+            }
+        };
+        let (mut term, mut int) =
+            (listen(SignalKind::terminate(), "SIGTERM"), listen(SignalKind::interrupt(), "SIGINT"));
+        let hup = listen(SignalKind::hangup(), "SIGHUP");
+        let stop = Box::pin(async move {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+            tokio::select! { _ = next(&mut term) => {}, _ = next(&mut int) => {} }
+        });
+        Signals { stop, hup }
     }
+
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    fn register() -> Signals {
+        let stop = Box::pin(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        Signals { stop, hup: () }
     }
 }
 
