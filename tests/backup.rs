@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sigil_proto::{Body, Command, ServerEvent};
 use sigil_server::store::backup::verify_backup;
-use sigil_server::store::SqliteStore;
+use sigil_server::store::{SqliteStore, Storage};
 use support::*;
 use ulid::Ulid;
 

@@ -211,9 +211,10 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
+/// Channel writes and reads, and what the server's threads ask of accounts.
+impl Storage for SqliteStore {
     /// Applies channel writes in one transaction: one fsync for all of them.
-    pub fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for op in ops {
             match op {
@@ -266,7 +267,7 @@ impl SqliteStore {
     }
 
     /// Every channel with its members, election number and committed ids.
-    pub fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
+    fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
         let mut channels: HashMap<String, ChannelSnapshot> = HashMap::new();
         let mut stmt = self.conn.prepare("SELECT id, name, election FROM channels")?;
         let rows = stmt.query_map([], |r| {
@@ -304,7 +305,7 @@ impl SqliteStore {
     /// Up to `limit` committed messages after position `after_seq`, in order,
     /// stopping once their content passes `max_bytes` (at least one message),
     /// and whether more follow.
-    pub fn history_after(
+    fn history_after(
         &self,
         channel: &Ulid,
         after_seq: u64,
@@ -349,27 +350,6 @@ impl SqliteStore {
         let more = cut || out.len() > limit;
         out.truncate(limit);
         Ok((out, more))
-    }
-}
-
-/// The server's threads use the inherent methods above through the trait.
-impl Storage for SqliteStore {
-    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        SqliteStore::apply(self, ops)
-    }
-
-    fn history_after(
-        &self,
-        channel: &Ulid,
-        after_seq: u64,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
-        SqliteStore::history_after(self, channel, after_seq, limit, max_bytes)
-    }
-
-    fn channel_snapshots(&self) -> Result<Vec<ChannelSnapshot>, StoreError> {
-        SqliteStore::channel_snapshots(self)
     }
 
     fn accounts(&self) -> Result<Vec<StoredAccount>, StoreError> {
