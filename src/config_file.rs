@@ -1,5 +1,6 @@
 //! `sigil serve --config FILE`: a TOML file whose keys are `serve`'s long flag
-//! names (`max-payload = 65536`, `web = "127.0.0.1:7071"`, `no-web = true`;
+//! names (`max-payload = 65536`, `web = "127.0.0.1:7071"`, `no-web = true`,
+//! `web-origin = ["https://chat.example"]` for a repeatable flag;
 //! `addr` for the listen address). Flags on the command line win over the
 //! file. The file is turned into the flags it stands for, so the command
 //! line's own parser checks every value, and `--help` states every default
@@ -81,6 +82,21 @@ fn file_flags(serve: &Command, given: &ArgMatches, path: &Path) -> Result<Vec<Os
         if given.value_source(&id) == Some(ValueSource::CommandLine) {
             continue;
         }
+        if let (Some(long), ArgAction::Append) = (arg.get_long(), arg.get_action()) {
+            // A repeatable flag: one value or a list of them.
+            let items = match value {
+                toml::Value::Array(items) => items.clone(),
+                single => vec![single.clone()],
+            };
+            for item in items {
+                let toml::Value::String(item) = item else {
+                    return Err(key_error(format!("{key}: use a string or a list of strings")));
+                };
+                flags.push(OsString::from(format!("--{long}")));
+                flags.push(OsString::from(item));
+            }
+            continue;
+        }
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
@@ -122,6 +138,12 @@ pub fn render(serve: &Command, matches: &ArgMatches) -> String {
         let key = arg.get_long().map_or_else(|| id.to_owned(), str::to_owned);
         let value = match arg.get_action() {
             ArgAction::SetTrue => toml::Value::Boolean(matches.get_flag(id)),
+            ArgAction::Append => match matches.get_raw(id) {
+                Some(values) => {
+                    toml::Value::Array(values.map(|v| toml::Value::String(v.to_string_lossy().into_owned())).collect())
+                }
+                None => continue,
+            },
             _ => match matches.get_raw(id).and_then(|mut v| v.next()).map(|v| v.to_string_lossy().into_owned()) {
                 Some(raw) => typed(&raw),
                 None => continue,

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
+use sigil_client::terminal::seen;
 use sigil_client::{tools, Credentials};
 use sigil_core::config as defaults;
 use sigil_core::Limits;
@@ -60,15 +61,21 @@ enum Cmd {
     },
     /// Interactive terminal client.
     Client {
-        /// Server address: HOST:PORT, or tls://HOST:PORT for TLS.
-        addr: String,
-        /// Credentials file written by `sigil account add`.
+        #[command(flatten)]
+        login: Login,
+        /// One line per event, lines read from standard input (the default when standard input or output is not a terminal).
         #[arg(long)]
-        cred: PathBuf,
-        /// PEM file of the certificate authorities to trust for tls:// (instead of the public ones).
+        plain: bool,
+        /// Where to remember the last message seen per channel [default: the --cred file's path with .seen appended].
+        #[arg(long, conflicts_with = "no_state")]
+        state: Option<PathBuf>,
+        /// Remember nothing between runs: all history is shown as new.
         #[arg(long)]
-        ca: Option<PathBuf>,
+        no_state: bool,
     },
+    /// Connect four over sigil: the referee bot, a player, a game's replay (spec/GAME.md).
+    #[command(subcommand)]
+    Game(GameCmd),
     /// Write one frame to stdout (signed and with nonce/timestamp when --cred is given).
     Frame {
         /// Credentials file; without it the frame is unsigned.
@@ -90,6 +97,45 @@ enum Cmd {
     },
     /// Load generator: sigil and peers side by side (see bench/README.md).
     Bench(sigil_bench::BenchArgs),
+}
+
+/// `sigil game`: connect four, refereed by a bot account.
+#[derive(Subcommand)]
+enum GameCmd {
+    /// Run the referee bot as an ordinary account: players send it private messages.
+    Serve {
+        /// The bot's own account.
+        #[command(flatten)]
+        login: Login,
+        /// Games at once; a join beyond gets "game is full". Each game has a channel the bot is a member of: keep this below the server's --max-channels-per-account.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        max_games: u64,
+        /// Seconds a player may be offline during a game before forfeiting.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        grace_s: u64,
+    },
+    /// Play: full screen on a terminal (arrow keys, Enter, r, q), else one line per event.
+    Play {
+        #[command(flatten)]
+        login: Login,
+        /// The bot's account name.
+        #[arg(long, default_value = "connect4")]
+        bot: String,
+        /// One line per event, commands from stdin (join, ready, left, right, drop [N], leave, state, quit).
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Print a game's boards move by move, from its channel's committed history
+    /// (as any account: it joins the channel for the time it reads, if it must).
+    Replay {
+        #[command(flatten)]
+        login: Login,
+        /// The bot's account name: only its lines in the channel are the record.
+        #[arg(long, default_value = "connect4")]
+        bot: String,
+        /// The game's channel, c4-GAME.
+        channel: String,
+    },
 }
 
 /// How `sigil serve` writes its log.
@@ -189,12 +235,15 @@ struct ServeArgs {
     /// Name announced in SINFO (at most 64 bytes).
     #[arg(long, default_value = "sigil", value_parser = server_name)]
     server_name: String,
-    /// Address of the web listener: GET /metrics (Prometheus text format) and GET /healthz.
+    /// Address of the web listener (`none`: no web listener): the browser client at /, WebSocket sessions at /ws, /metrics (Prometheus text format) and /healthz.
     #[arg(long, default_value = server::DEFAULT_WEB_ADDR)]
     web: String,
-    /// Run no web listener.
+    /// Run no web listener (the same as --web none).
     #[arg(long)]
     no_web: bool,
+    /// An origin (scheme://host[:port]) whose pages may open WebSocket sessions besides the server's own page; repeatable; `*` allows any.
+    #[arg(long = "web-origin", value_name = "ORIGIN", action = clap::ArgAction::Append, value_parser = web_origin)]
+    web_origin: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -252,6 +301,27 @@ enum AccountCmd {
     },
 }
 
+/// Where a client connects and as whom (`client`, `game`).
+#[derive(Args)]
+struct Login {
+    /// Server address: HOST:PORT, or tls://HOST:PORT for TLS.
+    addr: String,
+    /// Credentials file written by `sigil account add`.
+    #[arg(long)]
+    cred: PathBuf,
+    /// PEM file of the certificate authorities to trust for tls:// (instead of the public ones).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+impl Login {
+    /// The address to connect to and the credentials, each checked.
+    fn open(&self) -> Result<(sigil_client::Endpoint, Credentials)> {
+        let cred = Credentials::load(&self.cred)?;
+        Ok((sigil_client::Endpoint::parse(&self.addr, self.ca.as_deref())?, cred))
+    }
+}
+
 /// The database an account command works on.
 #[derive(Args)]
 struct DbArg {
@@ -269,6 +339,43 @@ struct SecretOut {
     /// Credentials file to write (default NAME.cred without --json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also print a sign-in link for the browser client at PAGE (the web listener's address); the key travels in the link's fragment, which browsers never send to a server.
+    #[arg(long, value_name = "PAGE", num_args = 0..=1, default_missing_value = DEFAULT_PAGE, value_parser = page_url)]
+    link: Option<String>,
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after; or `*`.
+fn web_origin(s: &str) -> std::result::Result<String, String> {
+    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    match rest {
+        _ if s == "*" => Ok(s.to_owned()),
+        Some(host) if !host.is_empty() && !host.contains(['/', '#', '?', ' ']) => Ok(s.to_owned()),
+        _ => Err("use an origin as browsers send it: http://HOST[:PORT] or https://HOST[:PORT], \
+                  without a path or a trailing slash (or * for any)"
+            .to_owned()),
+    }
+}
+
+/// Where the browser client is when the server runs with its defaults.
+const DEFAULT_PAGE: &str = "http://127.0.0.1:7071/";
+
+fn page_url(s: &str) -> std::result::Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://"))
+        || s.contains('#')
+        || s.contains(char::is_whitespace)
+    {
+        return Err("use the page's address, http://HOST:PORT/ or https://HOST:PORT/, without a #fragment".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// The sign-in link: `PAGE#cred=` and the credentials file's JSON object,
+/// base64url without padding (spec §9.2).
+fn sign_in_link(page: &str, cred: &Credentials) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cred.to_json());
+    format!("{page}#cred={encoded}")
 }
 
 fn positive(s: &str) -> std::result::Result<f64, String> {
@@ -344,25 +451,63 @@ fn run(cli: Cli, argv: Vec<OsString>, effective: String) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Client { addr, cred, ca } => {
-            let cred = Credentials::load(&cred)?;
-            let endpoint = sigil_client::Endpoint::parse(&addr, ca.as_deref())?;
-            runtime()?.block_on(sigil_client::terminal::run(&endpoint, &cred))?;
-            Ok(())
+        Cmd::Client { login, plain, state, no_state } => {
+            let (endpoint, cred) = login.open()?;
+            let state = if no_state { None } else { Some(state.unwrap_or_else(|| seen::default_path(&login.cred))) };
+            let options = sigil_client::terminal::Options { plain, state };
+            let rt = runtime()?;
+            let result = rt.block_on(sigil_client::terminal::run(&endpoint, &cred, options));
+            // The input thread may be blocked on a read: do not wait for it.
+            rt.shutdown_background();
+            Ok(result?)
         }
+        Cmd::Game(cmd) => game(cmd),
         Cmd::Frame { cred, command, json } => {
             let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
             let bytes = tools::build_frame(cred.as_ref(), &command, json.as_deref(), server::now_unix())?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
-            out.flush()?;
-            Ok(())
+            match out.write_all(&bytes).and_then(|()| out.flush()) {
+                // Whoever reads is gone (`sigil frame … | nc` with nc missing): nothing to report.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                written => Ok(written?),
+            }
         }
         Cmd::Decode { cred, max_payload } => {
             let cred = cred.map(|p| Credentials::load(&p)).transpose()?;
             runtime()?.block_on(decode(cred, max_payload))
         }
         Cmd::Bench(args) => Ok(sigil_bench::run(args)?),
+    }
+}
+
+fn game(cmd: GameCmd) -> Result<()> {
+    match cmd {
+        GameCmd::Serve { login, max_games, grace_s } => {
+            let _log = init_logs(LogFormat::Text, "info");
+            let (endpoint, cred) = login.open()?;
+            let rules = sigil_game::referee::Rules {
+                max_games: usize::try_from(max_games).unwrap_or(usize::MAX),
+                grace_ms: grace_s.saturating_mul(1000),
+            };
+            runtime()?.block_on(sigil_game::bot::serve(&endpoint, &cred, rules))?;
+            Ok(())
+        }
+        GameCmd::Play { login, bot, plain } => {
+            let (endpoint, cred) = login.open()?;
+            let rt = runtime()?;
+            let played = rt.block_on(sigil_game::play::play(&endpoint, &cred, &bot, plain));
+            // A read of stdin may still block: do not wait for it.
+            rt.shutdown_background();
+            Ok(played?)
+        }
+        GameCmd::Replay { login, bot, channel } => {
+            let (endpoint, cred) = login.open()?;
+            let text = runtime()?.block_on(sigil_game::play::replay_channel(&endpoint, &cred, &bot, &channel))?;
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            Ok(())
+        }
     }
 }
 
@@ -413,7 +558,8 @@ fn server_config(args: ServeArgs) -> Config {
     config.frame_timeout_s = args.frame_timeout_s;
     config.outbound_queue = args.outbound_queue;
     config.outbound_bytes = args.outbound_bytes;
-    config.web = (!args.no_web).then_some(args.web);
+    config.web = (!args.no_web && !args.web.eq_ignore_ascii_case("none")).then_some(args.web);
+    config.web_origins = args.web_origin;
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(server::TlsConfig { listen: args.tls_listen, cert, key });
@@ -441,7 +587,16 @@ fn serve(args: ServeArgs, argv: Vec<OsString>, effective: String) -> Result<()> 
         // listening and waiting for it would otherwise take its default
         // action (SIGHUP and SIGTERM end the process).
         let signals = Signals::register();
+        let tls = config.tls.is_some();
+        let db = config.db.clone();
         let running = server::start(config).await?;
+        if let Some(web) = running.web_addr() {
+            let scheme = if tls { "https" } else { "http" };
+            tracing::info!(
+                "chat in a browser at {scheme}://{web}/ with the sign-in link of `sigil account add NAME --db {} --link {scheme}://{web}/`",
+                db.display()
+            );
+        }
         let hangup =
             hangup::Hangup { argv, effective, log, tls: running.tls_reloader(), limits: running.live_limits() };
         let Signals { stop, hup } = signals;
@@ -516,7 +671,7 @@ fn credentials_of(a: &StoredAccount) -> Credentials {
 }
 
 /// Shows a new secret: as JSON, or by writing a credentials file.
-fn show_secret(account: &StoredAccount, SecretOut { json, out }: SecretOut, verb: &str) -> Result<()> {
+fn show_secret(account: &StoredAccount, SecretOut { json, out, link }: SecretOut, verb: &str) -> Result<()> {
     let cred = credentials_of(account);
     let path = match (json, out) {
         (_, Some(p)) => Some(p),
@@ -526,12 +681,22 @@ fn show_secret(account: &StoredAccount, SecretOut { json, out }: SecretOut, verb
     if let Some(path) = &path {
         cred.save(path)?;
     }
+    let link = link.map(|page| sign_in_link(&page, &cred));
     if json {
-        println!("{}", cred.to_json());
+        // {"id","name","key"} in that order (§9.2), then "link" when asked for.
+        let json = cred.to_json();
+        match (&link, json.strip_suffix('}')) {
+            (Some(link), Some(open)) => println!("{open},\"link\":{}}}", serde_json::Value::String(link.clone())),
+            _ => println!("{json}"),
+        }
     } else {
         println!("{verb} account {} with id {}", account.name, account.id);
         if let Some(path) = &path {
             println!("key written to {} (mode 0600); it is shown only this once", path.display());
+        }
+        if let Some(link) = &link {
+            println!("sign-in link (it holds the key: give it only to {}):", account.name);
+            println!("{link}");
         }
     }
     Ok(())
@@ -583,8 +748,11 @@ async fn decode(cred: Option<Credentials>, max_payload: usize) -> Result<()> {
     while let Some(frame) = frames.next().await {
         let frame = frame?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", tools::frame_to_json(&frame, cred.as_ref()))?;
-        out.flush()?;
+        match writeln!(out, "{}", tools::frame_to_json(&frame, cred.as_ref())).and_then(|()| out.flush()) {
+            // `sigil decode | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written?,
+        }
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ async fn restart_keeps_accounts() {
     ts.restart(|_| {}).await;
     let mut alice = ts.connect("alice").await;
     let _bob = ts.connect("bob").await;
-    alice.send(Command::LstUsr).await.unwrap();
+    alice.send(Command::LstUsr { all: false }).await.unwrap();
     let l = until(&mut alice, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
     assert_eq!(l.users.len(), 2);
 }
@@ -96,4 +96,26 @@ async fn shutdown_tells_every_client() {
     closed(&mut alice).await;
     let (f, _) = raw.expect_fatal(ErrorCode::Shutdown).await;
     assert!(f.signature.is_none(), "unauthenticated connections get it unsigned");
+}
+
+#[tokio::test]
+async fn a_new_account_signs_in_as_soon_as_it_is_added() {
+    let ts = TestServer::start(&["alice"], |_| {}).await;
+    // Several in a row, each signing in right away: none may wait for the
+    // server's next poll of the accounts (nor fail because of it).
+    for i in 0..5 {
+        let added = Store::open(&ts.db()).unwrap().add_account(&format!("new{i}"), now()).unwrap();
+        let cred = Credentials { id: added.id, name: added.name.clone(), key: added.key.clone() };
+        let mut raw = ts.raw().await;
+        raw.authenticate(&cred).await;
+    }
+    // A rotated key works at once too.
+    let rotated = Store::open(&ts.db()).unwrap().rotate_key("alice").unwrap();
+    let cred = Credentials { id: rotated.id, name: rotated.name.clone(), key: rotated.key.clone() };
+    ts.raw().await.authenticate(&cred).await;
+    // And a wrong key is still refused.
+    let mut raw = ts.raw().await;
+    let stale = ts.user("alice");
+    raw.send_request(&stale, Command::Cnn { id: stale.id, batch: false }, rand::random(), now()).await;
+    raw.expect_fatal(ErrorCode::AuthFailed).await;
 }

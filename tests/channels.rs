@@ -490,3 +490,33 @@ async fn batched_acks_and_commits_reach_batching_sessions_as_one_frame_and_other
     let e = err_of(&mut a).await;
     assert_eq!((e.code.as_str(), e.nonce_ref), ("unknown_msg", Some(nonce)));
 }
+
+#[tokio::test]
+async fn members_are_listed_by_name_with_their_presence_to_members_only() {
+    let ts = TestServer::start(&["alice", "Bob", "carol", "dave"], |_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    alice.send(Command::ChNew { name: "general".into() }).await.unwrap();
+    let id = until(&mut alice, |e| if let ServerEvent::ChUjoin(u) = e { Some(u.channel) } else { None }).await;
+    let mut bob = ts.connect("Bob").await;
+    bob.send(Command::ChJoin { id }).await.unwrap();
+    until(&mut bob, |e| matches!(e, ServerEvent::ChUjoin(_)).then_some(())).await;
+    let mut dave = ts.connect("dave").await;
+    dave.send(Command::ChJoin { id }).await.unwrap();
+    until(&mut dave, |e| matches!(e, ServerEvent::ChUjoin(_)).then_some(())).await;
+    dave.send(Command::Dcnn).await.unwrap();
+    closed(&mut dave).await;
+
+    alice.send(Command::ChWho { id }).await.unwrap();
+    let list = until(&mut alice, |e| if let ServerEvent::ChMembers(m) = e { Some(m) } else { None }).await;
+    assert_eq!(list.id, id);
+    let listed: Vec<(&str, &str)> = list.members.iter().map(|m| (m.name.as_str(), m.status.as_str())).collect();
+    assert_eq!(listed, [("alice", "online"), ("Bob", "online"), ("dave", "offline")]);
+    assert!(!list.more);
+
+    // Only members may ask; an unknown channel is named as such.
+    let mut carol = ts.connect("carol").await;
+    carol.send(Command::ChWho { id }).await.unwrap();
+    assert_eq!(code(&next_err(&mut carol).await), ErrorCode::NotMember);
+    carol.send(Command::ChWho { id: Ulid::new() }).await.unwrap();
+    assert_eq!(code(&next_err(&mut carol).await), ErrorCode::NoSuchChannel);
+}

@@ -70,6 +70,57 @@ fn account_commands() {
     fails(&sigil(d, &["frame", "--cred", "bob.cred", "PV_MSG", "not json"]), "JSON");
 }
 
+#[test]
+fn account_add_link_carries_the_credentials_in_the_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = ok(&sigil(d, &["account", "add", "dora", "--link"]));
+    let link = text.lines().find(|l| l.starts_with("http")).unwrap_or_else(|| panic!("no link in {text}"));
+    let encoded = link.strip_prefix("http://127.0.0.1:7071/#cred=").unwrap_or_else(|| panic!("link {link}"));
+    let decoded = base64_url_decode(encoded);
+    let from_link: serde_json::Value = serde_json::from_slice(&decoded).expect("the fragment is the .cred JSON");
+    let from_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("dora.cred")).unwrap()).unwrap();
+    assert_eq!(from_link, from_file);
+
+    // Another page, and the link in --json output.
+    let out = ok(&sigil(d, &["account", "add", "eve", "--json", "--link", "https://chat.example/"]));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(json["link"].as_str().unwrap().starts_with("https://chat.example/#cred="), "{json}");
+    let order: Vec<usize> =
+        ["\"id\"", "\"name\"", "\"key\"", "\"link\""].iter().map(|k| out.find(k).unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "members in the documented order: {out}");
+    let plain = ok(&sigil(d, &["account", "add", "gus", "--json"]));
+    assert!(plain.starts_with("{\"id\":") && !plain.contains("link"), "{plain}");
+    let refused = sigil(d, &["account", "add", "fay", "--link", "chat.example"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("http://HOST:PORT/"), "{refused:?}");
+    assert!(!d.join("fay.cred").exists(), "a refused command line creates nothing");
+    // An origin with a path or a trailing slash would never match: refused at once.
+    let refused = sigil(d, &["serve", "--web-origin", "https://chat.example/", "--db", "x.db"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("trailing slash"), "{refused:?}");
+}
+
+/// base64url without padding, decoded (the test's own, independent of the binary's).
+fn base64_url_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("a base64url digit") as u32;
+        bits = (bits << 6) | v;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
 fn read_until_eof(stream: &mut TcpStream) -> Vec<u8> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut all = Vec::new();
@@ -200,4 +251,51 @@ fn the_terminal_client_ends_quietly_when_its_output_is_closed() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "exit {}: {err}", out.status);
+}
+
+#[test]
+fn serve_names_a_web_address_it_cannot_bind_and_web_none_needs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = sigil(d, &["serve", "127.0.0.1:0", "--web", &addr, "--db", "x.db"]);
+    fails(&out, &format!("cannot listen on {addr}"));
+
+    // --web none starts no web listener.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .current_dir(d)
+        .args(["serve", "127.0.0.1:0", "--web", "none", "--db", "y.db"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sigil serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("listening")), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("web listener") || l.contains("browser")), "{seen:?}");
+}
+
+#[test]
+fn clients_name_the_address_they_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&sigil(d, &["account", "add", "ann"]));
+    // A port nothing listens on: bind one, note it, let it go.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for args in [
+        vec!["client", addr.as_str(), "--cred", "ann.cred", "--plain"],
+        vec!["game", "play", addr.as_str(), "--cred", "ann.cred", "--plain"],
+        vec!["game", "replay", addr.as_str(), "--cred", "ann.cred", "c4-x"],
+    ] {
+        fails(&sigil(d, &args), &format!("cannot connect to {addr}"));
+    }
 }

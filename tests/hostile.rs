@@ -73,6 +73,6 @@ async fn truncated_frame_then_close_harms_nobody() {
         raw.send(b"CNN\n500\n").await;
         // Dropped mid-frame.
     }
-    alice.send(sigil_proto::Command::LstUsr).await.unwrap();
+    alice.send(sigil_proto::Command::LstUsr { all: false }).await.unwrap();
     assert!(matches!(next(&mut alice).await, sigil_proto::ServerEvent::UsrLst(_)));
 }

@@ -97,7 +97,7 @@ async fn frames_per_second_are_limited_and_a_flood_is_closed() {
     assert_eq!(e.code, "rate_limited");
     // bob is unaffected.
     let mut bob = ts.connect("bob").await;
-    bob.send(Command::LstUsr).await.unwrap();
+    bob.send(Command::LstUsr { all: false }).await.unwrap();
     assert!(matches!(next(&mut bob).await, ServerEvent::UsrLst(_)));
 }
 

@@ -151,7 +151,7 @@ async fn the_exposition_passes_promtool() {
     let ts = TestServer::start(&["alice"], |c| c.web = Some("127.0.0.1:0".into())).await;
     let web = ts.server.as_ref().and_then(|s| s.web_addr()).expect("a web listener");
     let mut alice = ts.connect("alice").await;
-    alice.send(Command::LstUsr).await.expect("send");
+    alice.send(Command::LstUsr { all: false }).await.expect("send");
     support::until(&mut alice, |ev| matches!(ev, ServerEvent::UsrLst(_)).then_some(())).await;
     let (text, _) = scrape(web).await;
     let Ok(mut child) = std::process::Command::new("promtool")

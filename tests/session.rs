@@ -33,7 +33,7 @@ async fn cnn_confirms_with_own_ucnn_first_and_announces_to_others() {
         ServerEvent::Ucnn(u) => assert_eq!((u.id, u.name.as_str()), (bob.credentials.id, "bob")),
         other => panic!("expected UCNN for bob, got {other:?}"),
     }
-    alice.send(Command::LstUsr).await.unwrap();
+    alice.send(Command::LstUsr { all: false }).await.unwrap();
     let ServerEvent::UsrLst(l) = next(&mut alice).await else { panic!("USR_LST") };
     let names: Vec<_> = l.users.iter().map(|u| (u.name.as_str(), u.status.as_str())).collect();
     assert_eq!(names, vec![("alice", "online"), ("bob", "online")]);
@@ -56,7 +56,7 @@ async fn idle_timeout_closes_and_kalive_keeps_alive() {
         alice.send(Command::Kalive).await.unwrap();
     }
     // 1.25 s in, past the 0.6 s idle timeout: still open, and KALIVE got no answer.
-    alice.send(Command::LstUsr).await.unwrap();
+    alice.send(Command::LstUsr { all: false }).await.unwrap();
     assert!(matches!(next(&mut alice).await, ServerEvent::UsrLst(_)));
     let mut bob = ts.connect("bob").await;
     let e = until(&mut bob, |ev| match ev {
@@ -74,7 +74,7 @@ async fn dcnn_flushes_then_closes_and_others_see_udcnn() {
     let mut alice = ts.connect("alice").await;
     let mut bob = ts.connect("bob").await;
     let _ = next(&mut alice).await; // UCNN bob
-    bob.send(Command::LstUsr).await.unwrap();
+    bob.send(Command::LstUsr { all: false }).await.unwrap();
     bob.send(Command::Dcnn).await.unwrap();
     assert!(matches!(next(&mut bob).await, ServerEvent::UsrLst(_)), "queued frames are flushed before close");
     closed(&mut bob).await;
@@ -96,7 +96,7 @@ async fn second_cnn_replaces_the_old_session() {
     closed(&mut old).await;
     assert!(matches!(next(&mut watcher).await, ServerEvent::Udcnn(u) if u.name == "alice"));
     assert!(matches!(next(&mut watcher).await, ServerEvent::Ucnn(u) if u.name == "alice"));
-    new.send(Command::LstUsr).await.unwrap();
+    new.send(Command::LstUsr { all: false }).await.unwrap();
     assert!(matches!(next(&mut new).await, ServerEvent::UsrLst(_)));
     // A second CNN on an authenticated session is refused but not fatal.
     let nonce = new.send(Command::Cnn { id: new.credentials.id, batch: false }).await.unwrap();
@@ -146,7 +146,7 @@ async fn stale_and_replayed_frames_are_fatal() {
     second.expect_fatal(ErrorCode::Replay).await;
     // The first session is untouched by the failed replay. A replayed command
     // inside it is fatal, with ref set to the nonce.
-    let lst = first.send_request(&alice, Command::LstUsr, 99, now()).await;
+    let lst = first.send_request(&alice, Command::LstUsr { all: false }, 99, now()).await;
     assert_eq!(first.frame().await.unwrap().command.as_str(), "USR_LST");
     first.send(&lst).await;
     let (f, e) = first.expect_fatal(ErrorCode::Replay).await;
@@ -159,7 +159,7 @@ async fn commands_before_cnn_are_refused() {
     let ts = TestServer::start(&["alice"], |_| {}).await;
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
-    raw.send_request(&alice, Command::LstUsr, 1, now()).await;
+    raw.send_request(&alice, Command::LstUsr { all: false }, 1, now()).await;
     raw.expect_fatal(ErrorCode::NotAuthenticated).await;
 }
 
@@ -169,7 +169,7 @@ async fn bad_tag_after_cnn_is_fatal_and_signed() {
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
     raw.authenticate(&alice).await;
-    let mut frame = signed(&alice, Command::LstUsr, 5, now());
+    let mut frame = signed(&alice, Command::LstUsr { all: false }, 5, now());
     let sig_start = frame.iter().position(|&b| b == b'\n').unwrap() + 1;
     let sig_start = sig_start + frame[sig_start..].iter().position(|&b| b == b'\n').unwrap() + 1;
     frame[sig_start] = if frame[sig_start] == b'0' { b'1' } else { b'0' };
@@ -221,7 +221,7 @@ async fn payload_errors_and_unknown_commands_are_not_fatal() {
     raw.send(&signed_raw(&alice, "CNN_USR", &bin_id)).await;
     let (_, e) = raw.expect_err().await;
     assert_eq!((e.code.as_str(), e.nonce_ref), ("bad_payload", Some(0x2e)));
-    raw.send_request(&alice, Command::LstUsr, 44, now()).await;
+    raw.send_request(&alice, Command::LstUsr { all: false }, 44, now()).await;
     assert_eq!(raw.frame().await.unwrap().command.as_str(), "USR_LST");
 }
 
@@ -235,7 +235,7 @@ async fn a_user_list_larger_than_max_payload_comes_in_pages() {
         clients.push(sigil_client::Client::connect_with_max_payload(ts.addr, &ts.user(n), 300).await.unwrap());
     }
     let me = &mut clients[0];
-    me.send(Command::LstUsr).await.unwrap();
+    me.send(Command::LstUsr { all: false }).await.unwrap();
     let mut seen = Vec::new();
     loop {
         let page = until(me, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
@@ -254,7 +254,7 @@ async fn a_client_that_closes_right_after_its_requests_still_gets_the_replies() 
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
     let mut bytes = signed(&alice, Command::Cnn { id: alice.id, batch: false }, 1, now());
-    bytes.extend(signed(&alice, Command::LstUsr, 2, now()));
+    bytes.extend(signed(&alice, Command::LstUsr { all: false }, 2, now()));
     raw.send(&bytes).await;
     raw.stream.shutdown().await.unwrap();
     let commands: Vec<String> = {

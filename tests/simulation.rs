@@ -22,7 +22,7 @@
 //! --test simulation`, adding `SIGIL_SIM_TRACE=1` to see every step.
 //! `SIGIL_SIM_SEEDS=<n>` runs more schedules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -61,7 +61,7 @@ struct Sim {
     relay: Relay,
     users: Vec<Ulid>,
     conn_of: BTreeMap<Ulid, ConnId>,
-    user_of: HashMap<ConnId, Ulid>,
+    user_of: BTreeMap<ConnId, Ulid>,
     next_conn: u64,
     channel: Option<Ulid>,
     // The store: what is durable, and the batch not yet flushed.
@@ -78,16 +78,19 @@ struct Sim {
     last_vote_request: Option<(u64, Ulid)>,
     // Ground truth for the invariants.
     members: BTreeSet<Ulid>,
-    msgs: HashMap<Ulid, MsgRecord>,
-    ballots: HashMap<u64, BallotRecord>,
-    leaders: HashMap<u64, Ulid>,
+    msgs: BTreeMap<Ulid, MsgRecord>,
+    ballots: BTreeMap<u64, BallotRecord>,
+    leaders: BTreeMap<u64, Ulid>,
     announced: Vec<Ulid>,
-    commit_received: HashMap<(Ulid, Ulid), u32>,
+    commit_received: BTreeMap<(Ulid, Ulid), u32>,
     step_confirmations: Vec<(Ulid, Ulid)>,
     /// Appends the core decided in this step (durable only after a flush).
     step_appends: Vec<HistoryEntry>,
     /// The election a CH_LEAD just asked for, until the store makes it durable.
-    lead_requests: HashMap<u64, (Ulid, BTreeSet<Ulid>)>,
+    lead_requests: BTreeMap<u64, (Ulid, BTreeSet<Ulid>)>,
+    /// FNV-1a over every effect the relay produced, in order: two runs of one
+    /// seed must agree on it (the core is deterministic).
+    digest: u64,
 }
 
 impl Sim {
@@ -108,7 +111,7 @@ impl Sim {
             relay,
             users,
             conn_of: BTreeMap::new(),
-            user_of: HashMap::new(),
+            user_of: BTreeMap::new(),
             next_conn: 0,
             channel: None,
             durable_created: false,
@@ -122,14 +125,15 @@ impl Sim {
             confirm_asks: BTreeMap::new(),
             last_vote_request: None,
             members: BTreeSet::new(),
-            msgs: HashMap::new(),
-            ballots: HashMap::new(),
-            leaders: HashMap::new(),
+            msgs: BTreeMap::new(),
+            ballots: BTreeMap::new(),
+            leaders: BTreeMap::new(),
             announced: Vec::new(),
-            commit_received: HashMap::new(),
+            commit_received: BTreeMap::new(),
             step_confirmations: Vec::new(),
             step_appends: Vec::new(),
-            lead_requests: HashMap::new(),
+            lead_requests: BTreeMap::new(),
+            digest: 0xcbf2_9ce4_8422_2325,
         };
         sim.add_accounts();
         sim
@@ -171,6 +175,9 @@ impl Sim {
     fn step_input(&mut self, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();
         self.relay.step(input, self.now, &mut out);
+        for byte in format!("{out:?}").bytes() {
+            self.digest = (self.digest ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
         let effects = out.clone();
         let mut commit_recipients: BTreeMap<Ulid, BTreeSet<Ulid>> = BTreeMap::new();
         for effect in out {
@@ -408,7 +415,7 @@ impl Sim {
     fn check_history(&self) {
         // Announced messages are durable, in the order they were announced
         // (a commit announced while nobody was online has no witness here).
-        let position: HashMap<Ulid, usize> = self.durable_history.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+        let position: BTreeMap<Ulid, usize> = self.durable_history.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
         let mut last = None;
         for id in &self.announced {
             let Some(&at) = position.get(id) else {
@@ -650,7 +657,9 @@ impl Sim {
     }
 }
 
-fn run(seed: u64) -> (usize, usize) {
+/// Runs seed `seed`: its commits and elections, and the digest of every
+/// effect the relay produced.
+fn run(seed: u64) -> (usize, usize, u64) {
     let mut sim = Sim::new(seed);
     for _ in 0..STEPS {
         sim.random_step();
@@ -658,7 +667,16 @@ fn run(seed: u64) -> (usize, usize) {
     // Settle: flush what is queued and check once more.
     sim.flush();
     sim.check_history();
-    (sim.announced.len(), sim.leaders.len())
+    (sim.announced.len(), sim.leaders.len(), sim.digest)
+}
+
+#[test]
+fn one_seed_gives_one_run_bit_for_bit() {
+    for seed in 1..=40 {
+        let (first, second) = (run(seed).2, run(seed).2);
+        assert_eq!(first, second, "seed {seed}: two runs produced different effects");
+    }
+    assert_ne!(run(1).2, run(2).2, "the digest depends on the run");
 }
 
 #[test]
@@ -672,7 +690,7 @@ fn thousands_of_schedules_keep_the_invariants() {
     };
     let (mut commits, mut elections) = (0, 0);
     for seed in seeds.iter().copied() {
-        let (c, e) = run(seed);
+        let (c, e, _) = run(seed);
         commits += c;
         elections += e;
     }

@@ -59,7 +59,7 @@ async fn acks_cannot_be_forged() {
     bob.send(Command::AckMsg { from: a, msg_id: Ulid::new() }).await.unwrap();
     assert_eq!(code(&next_err(&mut bob).await), ErrorCode::UnknownMsg);
     // Alice saw no MSG_ACK from any of that.
-    alice.send(Command::LstUsr).await.unwrap();
+    alice.send(Command::LstUsr { all: false }).await.unwrap();
     let first_non_presence = until(&mut alice, |ev| match ev {
         ServerEvent::Ucnn(_) => None,
         other => Some(other),
@@ -130,4 +130,19 @@ async fn a_reader_that_never_reads_is_dropped_while_others_keep_receiving() {
         }
     }
     assert!(saw_slow_consumer, "the dropped client is told why");
+}
+
+#[tokio::test]
+async fn every_account_is_listed_with_its_status_when_asked_for_all() {
+    let ts = TestServer::start(&["alice", "bob", "Carol"], |_| {}).await;
+    let mut alice = ts.connect("alice").await;
+    alice.send(Command::LstUsr { all: true }).await.unwrap();
+    let list = until(&mut alice, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
+    let listed: Vec<(&str, &str)> = list.users.iter().map(|u| (u.name.as_str(), u.status.as_str())).collect();
+    assert_eq!(listed, [("alice", "online"), ("bob", "offline"), ("Carol", "offline")]);
+    assert!(!list.more);
+    // Without `all`, the connected users only.
+    alice.send(Command::LstUsr { all: false }).await.unwrap();
+    let list = until(&mut alice, |ev| if let ServerEvent::UsrLst(l) = ev { Some(l) } else { None }).await;
+    assert_eq!(list.users.len(), 1);
 }

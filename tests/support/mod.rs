@@ -2,6 +2,9 @@
 //! library clients, and a raw socket for hostile input.
 #![allow(dead_code)]
 
+pub mod lines;
+pub mod tmux;
+
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -245,6 +248,22 @@ pub fn signed(cred: &Credentials, command: Command, nonce: u64, timestamp: u64) 
     buf.to_vec()
 }
 
+/// A temp directory whose `sigil.db` holds accounts `names`, made with
+/// `sigil account add` (so each has its NAME.cred there), for tests that run
+/// the binary in that directory.
+pub fn account_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in names {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .current_dir(dir.path())
+            .args(["account", "add", name])
+            .output()
+            .expect("run sigil account add");
+        assert!(out.status.success(), "account add {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir
+}
+
 /// One frame with an arbitrary payload, signed with `cred`.
 pub fn signed_raw(cred: &Credentials, command: &str, payload: &[u8]) -> Vec<u8> {
     let tag = cred.key.mac().sign(command.as_bytes(), payload);
@@ -271,10 +290,19 @@ impl ServerProcess {
 
     /// The same, handing back the rest of its log, line by line.
     pub fn start_logged(dir: &std::path::Path, args: &[&str]) -> (ServerProcess, std::sync::mpsc::Receiver<String>) {
+        Self::start_on(dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts on `addr`: a restart on the port a first start got from port 0.
+    pub fn start_on(
+        dir: &std::path::Path,
+        addr: &str,
+        args: &[&str],
+    ) -> (ServerProcess, std::sync::mpsc::Receiver<String>) {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
             .current_dir(dir)
-            .args(["serve", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+            .args(["serve", addr, "--web", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())

@@ -45,6 +45,10 @@ pub struct ChannelView {
     lead_at: Option<u64>,
     voted: BTreeSet<u64>,
     pulled: bool,
+    /// The pull after (re)connecting reached the end of the history: until
+    /// then a live commit does not move `last_committed`, or a pull cut off
+    /// by a disconnect would resume past messages it never fetched.
+    synced: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +138,7 @@ impl Agent {
     pub fn reconnected(&mut self) {
         for c in self.channels.values_mut() {
             c.pulled = false;
+            c.synced = false;
             c.leader = None;
             c.lead_at = None;
             c.pending.clear();
@@ -224,7 +229,9 @@ impl Agent {
                 for id in std::iter::once(&m.id).chain(&m.ids) {
                     c.pending.remove(id);
                     c.committed.insert(*id);
-                    c.last_committed = Some(*id);
+                    if c.synced {
+                        c.last_committed = Some(*id);
+                    }
                 }
             }
             ServerEvent::ChAppend(a) => {
@@ -238,6 +245,8 @@ impl Agent {
                 }
                 if a.more {
                     out.push(Command::ChPull { id: a.id, anchor: c.last_committed });
+                } else {
+                    c.synced = true;
                 }
             }
             ServerEvent::ChMsgConfirm(m)
@@ -353,7 +362,9 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sigil_proto::event::{ChElected, ChMsg, ChMsgAck, ChMsgCommit, ChStatus, ChVoteRequest};
+    use sigil_proto::event::{
+        ChAppend, ChElected, ChMsg, ChMsgAck, ChMsgCommit, ChStatus, ChVoteRequest, HistoryEntry,
+    };
     use sigil_proto::Body;
 
     fn status(id: Ulid, leader: Option<Ulid>, online: u64) -> ServerEvent {
@@ -365,6 +376,32 @@ mod tests {
             election: 0,
             online,
         })
+    }
+
+    fn append(id: Ulid, messages: &[Ulid], more: bool) -> ServerEvent {
+        let messages = messages
+            .iter()
+            .map(|m| HistoryEntry { id: *m, from: id, msg: Body::text("h"), timestamp: 0, acks: Vec::new() })
+            .collect();
+        ServerEvent::ChAppend(ChAppend { id, anchor: None, messages, more })
+    }
+
+    #[test]
+    fn a_pull_cut_off_by_a_disconnect_resumes_where_it_stopped_not_at_a_live_commit() {
+        let (me, other, ch) = (Ulid::from(1u128), Ulid::from(2u128), Ulid::from(100u128));
+        let (m1, m2, m9) = (Ulid::from(51u128), Ulid::from(52u128), Ulid::from(59u128));
+        let mut a = Agent::new(me, 3);
+        assert!(a.on_event(&status(ch, Some(other), 2), 0).contains(&Command::ChPull { id: ch, anchor: None }));
+        // The first page, then a live commit far past it, then the connection drops.
+        a.on_event(&append(ch, &[m1, m2], true), 0);
+        a.on_event(&ServerEvent::ChMsgCommit(ChMsgCommit { id: m9, channel: ch, acks: vec![other], ids: vec![] }), 0);
+        a.reconnected();
+        let again = a.on_event(&status(ch, Some(other), 2), 0);
+        assert!(again.contains(&Command::ChPull { id: ch, anchor: Some(m2) }), "{again:?}");
+        // Once the history is pulled to its end, live commits count.
+        a.on_event(&append(ch, &[], false), 0);
+        a.on_event(&ServerEvent::ChMsgCommit(ChMsgCommit { id: m9, channel: ch, acks: vec![other], ids: vec![] }), 0);
+        assert_eq!(a.channels()[&ch].last_committed, Some(m9));
     }
 
     #[test]
@@ -394,6 +431,7 @@ mod tests {
         let (me, b, c, ch) = (Ulid::from(1u128), Ulid::from(2u128), Ulid::from(3u128), Ulid::from(100u128));
         let mut a = Agent::new(me, 7);
         a.on_event(&status(ch, Some(me), 4), 0);
+        a.on_event(&append(ch, &[], false), 0);
         a.on_event(&ServerEvent::ChElected(ChElected { channel: ch, election: 1, leader: me }), 0);
         let m = Ulid::from(50u128);
         let msg =
@@ -409,6 +447,7 @@ mod tests {
         let (me, b, c, ch) = (Ulid::from(1u128), Ulid::from(2u128), Ulid::from(3u128), Ulid::from(100u128));
         let mut a = Agent::new(me, 7);
         a.on_event(&status(ch, Some(me), 4), 0);
+        a.on_event(&append(ch, &[], false), 0);
         a.on_event(&ServerEvent::ChElected(ChElected { channel: ch, election: 1, leader: me }), 0);
         let sinfo = sigil_core::Limits::default().sinfo();
         a.on_event(&ServerEvent::Sinfo(sinfo.clone()), 0);

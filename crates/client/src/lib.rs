@@ -35,6 +35,14 @@ pub enum ClientError {
     /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// Connecting to (or the TLS handshake with) an address failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address, as given.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The server sent bytes that are not a frame.
     #[error("bad frame from server: {0}")]
     Frame(#[from] FrameError),
@@ -53,6 +61,10 @@ pub enum ClientError {
     /// An address that cannot be connected to as written.
     #[error("bad address {0}")]
     Address(String),
+    /// The terminal client ended for a reason given in words (a fatal
+    /// refusal, or reconnecting gave up).
+    #[error("{0}")]
+    Ended(String),
     /// A TLS setting (a CA file) cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -273,18 +285,24 @@ impl Client {
         Self::authenticate(ReadStream::Tls(read), WriteStream::Tls(write), peer_certificate, credentials, options).await
     }
 
-    /// Connects to `endpoint` (TCP or TLS) and authenticates.
+    /// Connects to `endpoint` (TCP or TLS) and authenticates. A socket or TLS
+    /// failure names the address ([`ClientError::Connect`]).
     pub async fn connect_to(
         endpoint: &Endpoint,
         credentials: &Credentials,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        match endpoint {
-            Endpoint::Tcp(addr) => Self::connect_with(addr.as_str(), credentials, options).await,
-            Endpoint::Tls { addr, server_name, options: tls } => {
-                Self::connect_tls(addr.as_str(), server_name.clone(), tls, credentials, options).await
-            }
-        }
+        let (connected, shown) = match endpoint {
+            Endpoint::Tcp(addr) => (Self::connect_with(addr.as_str(), credentials, options).await, addr.clone()),
+            Endpoint::Tls { addr, server_name, options: tls } => (
+                Self::connect_tls(addr.as_str(), server_name.clone(), tls, credentials, options).await,
+                format!("tls://{addr}"),
+            ),
+        };
+        connected.map_err(|e| match e {
+            ClientError::Io(source) => ClientError::Connect { addr: shown, source },
+            other => other,
+        })
     }
 
     /// Sends `CNN` and waits for our own `UCNN`.

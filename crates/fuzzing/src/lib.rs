@@ -223,7 +223,7 @@ pub enum FuzzCommand {
     Kalive,
     Dcnn,
     Info,
-    LstUsr,
+    LstUsr(bool),
     CnnUsr(u8),
     PvMsg(u8, u8, Vec<u8>),
     AckMsg(u8, u8),
@@ -231,6 +231,7 @@ pub enum FuzzCommand {
     ChJoin(u8),
     ChLeave(u8),
     ChLst,
+    ChWho(u8),
     ChLead(u8, u64),
     ChVote(u8, u64, u8),
     ChMsg(u8, u8, Vec<u8>),
@@ -283,7 +284,7 @@ impl SessionWorld {
             FuzzCommand::Kalive => Command::Kalive,
             FuzzCommand::Dcnn => Command::Dcnn,
             FuzzCommand::Info => Command::Info,
-            FuzzCommand::LstUsr => Command::LstUsr,
+            FuzzCommand::LstUsr(all) => Command::LstUsr { all: *all },
             FuzzCommand::CnnUsr(u) => Command::CnnUsr { to: self.user(*u) },
             FuzzCommand::PvMsg(u, m, b) => Command::PvMsg { to: self.user(*u), msg_id: self.msg(*m), msg: body(b) },
             FuzzCommand::AckMsg(u, m) => Command::AckMsg { from: self.user(*u), msg_id: self.msg(*m) },
@@ -291,6 +292,7 @@ impl SessionWorld {
             FuzzCommand::ChJoin(c) => Command::ChJoin { id: self.channel(*c) },
             FuzzCommand::ChLeave(c) => Command::ChLeave { id: self.channel(*c) },
             FuzzCommand::ChLst => Command::ChLst,
+            FuzzCommand::ChWho(c) => Command::ChWho { id: self.channel(*c) },
             FuzzCommand::ChLead(c, e) => Command::ChLead { channel: self.channel(*c), election: *e % 8 },
             FuzzCommand::ChVote(c, e, u) => {
                 Command::ChVote { channel: self.channel(*c), election: *e % 8, user: self.user(*u) }

@@ -122,6 +122,18 @@ pub struct UsrLst {
     pub more: bool,
 }
 
+/// `CH_MEMBERS`: a channel's members, in one or more pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMembers {
+    /// The channel.
+    pub id: Ulid,
+    /// Members (this page), each with its name and `"online"` or `"offline"`.
+    pub members: Vec<UserEntry>,
+    /// True when another `CH_MEMBERS` page follows.
+    #[serde(default)]
+    pub more: bool,
+}
+
 /// `USR_ADD`: an account was created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -440,6 +452,7 @@ event_table! {
     ChUleave(ChannelUser) = "CH_ULEAVE", wire ChUleave;
     ChStatus(ChStatus) = "CH_STATUS", wire ChStatus;
     LstCh(LstCh) = "LST_CH", wire LstCh;
+    ChMembers(ChMembers) = "CH_MEMBERS", wire ChMembers;
     ChVote(ChVoteRequest) = "CH_VOTE", wire ChVoteRequest;
     ChElected(ChElected) = "CH_ELECTED", wire ChElected;
     ChMsg(ChMsg) = "CH_MSG", wire ChMsg;

@@ -85,8 +85,11 @@ pub struct Config {
     pub cnn_timeout_ms: Option<u64>,
     /// Overrides `limits.timeout_s` with milliseconds (tests).
     pub idle_timeout_ms: Option<u64>,
-    /// Address of the web listener (`/metrics`, `/healthz`); `None`: no web listener.
+    /// Address of the web listener (the browser client, `/ws`, `/metrics`,
+    /// `/healthz`); `None`: no web listener.
     pub web: Option<String>,
+    /// Origins besides the page's own whose pages may open `/ws` (`*`: any).
+    pub web_origins: Vec<String>,
     /// How long a shutdown waits for sessions to flush their last frames.
     pub shutdown_grace: Duration,
     /// A TLS frame listener as well, when set.
@@ -111,6 +114,7 @@ impl Config {
             cnn_timeout_ms: None,
             idle_timeout_ms: None,
             web: None,
+            web_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             tls: None,
         }

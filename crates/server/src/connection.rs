@@ -32,14 +32,14 @@ use crate::hub::HubMsg;
 use crate::metrics::RateLimit;
 use crate::outbound::{CloseMode, ConnHandle, OfferError, KEEP_FRAMES};
 use crate::shared::{ConnSlot, Shared};
-use crate::transport::{Transport, WaitReadable};
+use crate::transport::{as_refusal, Transport, WaitReadable};
 use sigil_core::rate::{TokenBucket, Verdict};
 use sigil_core::{ConnId, Input, Session, SessionOutput};
 use sigil_proto::wire::{FrameCodec, FrameError};
 use sigil_proto::{ErrorCode, Outbound, ProtoError};
 
 /// Bytes gathered before a write is issued.
-const WRITE_BATCH: usize = 64 * 1024;
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 /// Read buffer taken when a connection's socket has bytes (and given back
 /// once they are all read: most connections are idle most of the time, and
 /// their memory is what counts). Frames are small; a bigger one grows it.
@@ -186,6 +186,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
                 break fatal(ProtoError::new(ErrorCode::Timeout, "a frame took too long to arrive"));
             }
             Some(Err(FrameError::Io(e))) => {
+                if let Some(refused) = as_refusal(&e) {
+                    break fatal(refused.clone());
+                }
                 handle.close(None, CloseMode::Abort);
                 break End::Gone(format!("read error: {e}"));
             }
@@ -224,9 +227,16 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
         if was_authenticated {
             deadline = Instant::now() + idle;
         }
-        let output = session.on_frame(&frame, now_unix(), |id: &Ulid| {
-            shared.directory.read().ok().and_then(|d| d.get(id).map(|e| e.0.clone()))
-        });
+        let lookup = |id: &Ulid| shared.directory.read().ok().and_then(|d| d.get(id).map(|e| e.0.clone()));
+        let mut output = session.on_frame(&frame, now_unix(), lookup);
+        if !was_authenticated && matches!(&output, Err(e) if e.code == ErrorCode::AuthFailed) {
+            // The account may be a moment old (or its key just rotated): read
+            // the accounts again and check once more. Every failed CNN waits
+            // the same way, so the time it takes does not tell an unknown id
+            // from a wrong key.
+            shared.refresh_accounts().await;
+            output = session.on_frame(&frame, now_unix(), lookup);
+        }
         let input = match output {
             Err(e) => {
                 if e.code == ErrorCode::AuthFailed {

@@ -21,6 +21,7 @@ pub mod store_writer;
 pub mod tls;
 pub mod transport;
 mod web;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -223,7 +224,9 @@ async fn launch<S: Storage>(
     }
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let live = RwLock::new(config.live());
+    let (account_refresh, refresh_requests) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
+        account_refresh,
         sinfo_unsigned: relay.sinfo().clone().unsigned(),
         config,
         directory: RwLock::new(directory),
@@ -247,20 +250,35 @@ async fn launch<S: Storage>(
             let mut store = health.lock().map_err(|_| "the health check failed before".to_owned())?;
             store.check_writable().map_err(|e| e.to_string())
         });
-        // Stopped with the server; it holds no session, so it needs no draining.
+        let state = web::WebState {
+            metrics: metrics.clone(),
+            health: check,
+            sessions: shared.clone(),
+            stop: stop.clone(),
+            https: tls_listener.is_some(),
+        };
+        // Stopped with the server; its WebSockets are sessions like any
+        // other, drained by the shutdown.
         match tls_listener.as_ref().map(|(_, _, reloader)| reloader.clone()) {
             Some(tls) => {
-                drop(web::spawn_tls(listener, metrics.clone(), check, tls, stop.clone()));
-                tracing::info!(addr = %addr, "web listener, HTTPS (/metrics, /healthz)");
+                drop(web::spawn(listener, state, Some(tls)));
+                tracing::info!(addr = %addr, "web listener, HTTPS (the browser client at /, /ws, /metrics, /healthz)");
             }
             None => {
-                drop(web::spawn(listener, metrics.clone(), check, stop.clone()));
-                tracing::info!(addr = %addr, "web listener (/metrics, /healthz)");
+                drop(web::spawn(listener, state, None));
+                tracing::info!(addr = %addr, "web listener (the browser client at /, /ws, /metrics, /healthz)");
             }
         }
         addr
     });
-    let watcher = spawn_account_watcher(shared.clone(), store, accounts, (data_version, accounts_rev), stop.clone());
+    let watcher = spawn_account_watcher(
+        shared.clone(),
+        store,
+        accounts,
+        (data_version, accounts_rev),
+        refresh_requests,
+        stop.clone(),
+    );
 
     tracing::info!(addr = %local_addr, db = %shared.config.db.display(), "listening");
     let done = tokio::spawn(serve(listener, shared.clone(), stop.clone(), hub_task, vec![watcher, store_thread]));
@@ -314,7 +332,7 @@ async fn serve(
 /// Admits a connection and starts its tasks, or refuses it with one
 /// unsigned `ERR` when a connection limit is reached. Every transport comes
 /// through here: the listener's accept loop and [`RunningServer::serve_connection`].
-async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr) {
+pub(crate) async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream: T, peer: SocketAddr) {
     match shared.admit(peer.ip(), T::KIND) {
         Ok(slot) => start_admitted(shared, stream, peer, slot).await,
         Err(why) => {
@@ -398,17 +416,33 @@ fn serve_tls_connection(
 }
 
 /// Polls the store's accounts and tells the hub what changed. A thread,
-/// because store calls block.
+/// because store calls block. It polls every [`ACCOUNT_POLL_INTERVAL`], and
+/// at once when a connection asks (`refresh`): it then answers everyone who
+/// asked, after the directory holds what it read.
 fn spawn_account_watcher<S: Storage>(
     shared: Arc<Shared>,
     store: S,
     mut known: Vec<StoredAccount>,
     (mut version, mut rev): (i64, i64),
+    refresh: std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     stop: CancellationToken,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
+        let mut waiting = Vec::new();
         while !stop.is_cancelled() {
-            std::thread::sleep(ACCOUNT_POLL_INTERVAL);
+            // Whoever asked before this poll is answered after it (or when
+            // the loop ends: dropping the senders wakes them too).
+            for done in waiting.drain(..) {
+                let _: Result<(), ()> = tokio::sync::oneshot::Sender::send(done, ());
+            }
+            match refresh.recv_timeout(ACCOUNT_POLL_INTERVAL) {
+                Ok(first) => {
+                    waiting.push(first);
+                    waiting.extend(refresh.try_iter());
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(ACCOUNT_POLL_INTERVAL),
+            }
             let Ok(v) = store.data_version() else { continue };
             if v == version {
                 continue;

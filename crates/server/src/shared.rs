@@ -11,6 +11,10 @@ use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
 use crate::config::{Config, LiveLimits};
+
+/// The longest a `CNN` that failed waits for the accounts to be read again
+/// before it is refused.
+pub(crate) const ACCOUNT_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 use prometheus::IntGauge;
 
 use crate::hub::HubMsg;
@@ -36,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The connection limits in force (changed while running by SIGHUP).
     pub(crate) live: RwLock<LiveLimits>,
+    /// Asks the account watcher to read the accounts now; it answers on the
+    /// sender once it has (see [`Shared::refresh_accounts`]).
+    pub(crate) account_refresh: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A connection's place in the connection limits, given back on drop.
@@ -52,6 +59,17 @@ impl Shared {
     /// The connection limits in force now.
     pub(crate) fn live(&self) -> LiveLimits {
         self.live.read().map_or_else(|_| self.config.live(), |l| *l)
+    }
+
+    /// Has the account watcher read the store's accounts now, and waits
+    /// (at most [`ACCOUNT_REFRESH_WAIT`]) until the directory holds what it
+    /// read: an account created or rotated a moment ago can sign in at once,
+    /// without waiting for the next poll.
+    pub(crate) async fn refresh_accounts(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.account_refresh.send(done).is_ok() {
+            let _ = tokio::time::timeout(ACCOUNT_REFRESH_WAIT, wait).await;
+        }
     }
 
     /// Takes a connection slot for a connection over `transport`, or says

@@ -2,10 +2,11 @@
 //! stream, split into a read half and a write half.
 //!
 //! The session code (the private `connection` module) is written once against
-//! [`Transport`]; TCP is one implementation, and [`ByteStream`] adapts any
-//! other `AsyncRead + AsyncWrite` stream (TLS, a WebSocket adapter, an
-//! in-memory pipe in tests). This module must not parse frames, apply limits
-//! or decide anything about a session: it only hands over the halves.
+//! [`Transport`]; TCP is one implementation, the WebSocket adapter
+//! (`websocket::WsTransport`) another, and [`ByteStream`] adapts any other
+//! `AsyncRead + AsyncWrite` stream (TLS, an in-memory pipe in tests). This module must not parse frames, apply limits
+//! or decide anything about a session: it only hands over the halves (and
+//! says how a transport refuses what it cannot carry: [`refusal`]).
 
 use std::future::Future;
 use std::io;
@@ -14,6 +15,21 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use sigil_proto::ProtoError;
+
+/// The error a transport's reader returns to refuse what the peer sent with
+/// a protocol error (the session answers `ERR` and closes) rather than as a
+/// broken stream (the session ends silently). A WebSocket message holding
+/// two frames is refused this way.
+pub fn refusal(error: ProtoError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+/// The protocol error of a [`refusal`].
+pub fn as_refusal(error: &io::Error) -> Option<&ProtoError> {
+    error.get_ref()?.downcast_ref()
+}
 
 /// A read half that can wait for bytes without holding a buffer.
 ///

@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use sigil_proto::event::{HistoryEntry, LstCh};
+use sigil_proto::event::{ChMembers, HistoryEntry, LstCh, UserEntry};
 use sigil_proto::{Command, ErrorCode, Outbound, ProtoError};
 use ulid::Ulid;
 
 use super::outbox::Outbox;
-use super::paging::{append_page, pages, per_page, CHANNEL_ENTRY_MAX, MAX_CHANNEL_NAME_LEN};
+use super::paging::{append_page, pages, per_page, CHANNEL_ENTRY_MAX, MAX_CHANNEL_NAME_LEN, USER_ENTRY_MAX};
 use super::types::{ConnId, Effect, IdSource, PullRequest};
 use crate::channel::{Channel, ChannelEffect, ChannelSnapshot};
 use crate::config::Limits;
@@ -235,6 +235,20 @@ impl Channels {
                 self.with_channel(id, ob, |c, o| c.leave(me, o))?;
                 if let Some(set) = self.memberships.get_mut(&me) {
                     set.remove(&id);
+                }
+                Ok(())
+            }
+            Command::ChWho { id } => {
+                let members: Vec<UserEntry> = {
+                    let c = self.member_of(me, id)?;
+                    let mut m: Vec<UserEntry> = c.members().iter().filter_map(|u| ob.presence.entry(u)).collect();
+                    m.sort_by_cached_key(|u| (u.name.to_ascii_lowercase(), u.id));
+                    m
+                };
+                let per_page = per_page(limits.max_payload, USER_ENTRY_MAX);
+                for frame in pages(members, per_page, |members, more| Outbound::event(&ChMembers { id, members, more }))
+                {
+                    ob.out.push(Effect::Send { conn, frame });
                 }
                 Ok(())
             }

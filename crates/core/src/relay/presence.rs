@@ -103,15 +103,25 @@ impl Presence {
     }
 
     /// `USR_LST` entries of the online users, sorted by name ignoring case.
-    fn online_users(&self) -> Vec<UserEntry> {
-        let mut users: Vec<UserEntry> = self
-            .online
-            .keys()
-            .filter_map(|id| {
-                let a = self.accounts.get(id)?;
-                Some(UserEntry { id: *id, status: "online".to_owned(), name: a.name.clone() })
-            })
-            .collect();
+    /// An account's entry (name and presence), if it exists.
+    pub(super) fn entry(&self, id: &Ulid) -> Option<UserEntry> {
+        let a = self.accounts.get(id)?;
+        let status = if self.online.contains_key(id) { "online" } else { "offline" };
+        Some(UserEntry { id: *id, status: status.to_owned(), name: a.name.clone() })
+    }
+
+    /// The connected users, or with `all` every account (with its status),
+    /// sorted by name ignoring ASCII case.
+    fn users(&self, all: bool) -> Vec<UserEntry> {
+        let entry = |id: &Ulid, a: &Account| {
+            let status = if self.online.contains_key(id) { "online" } else { "offline" };
+            UserEntry { id: *id, status: status.to_owned(), name: a.name.clone() }
+        };
+        let mut users: Vec<UserEntry> = if all {
+            self.accounts.iter().map(|(id, a)| entry(id, a)).collect()
+        } else {
+            self.online.keys().filter_map(|id| Some(entry(id, self.accounts.get(id)?))).collect()
+        };
         users.sort_by_cached_key(|u| (u.name.to_ascii_lowercase(), u.id));
         users
     }
@@ -168,11 +178,9 @@ impl Presence {
                 out.push(Effect::Send { conn, frame: sinfo.clone() });
                 Ok(())
             }
-            Command::LstUsr => {
+            Command::LstUsr { all } => {
                 let per_page = per_page(max_payload, USER_ENTRY_MAX);
-                for frame in
-                    pages(self.online_users(), per_page, |users, more| Outbound::event(&UsrLst { users, more }))
-                {
+                for frame in pages(self.users(all), per_page, |users, more| Outbound::event(&UsrLst { users, more })) {
                     out.push(Effect::Send { conn, frame });
                 }
                 Ok(())
@@ -231,7 +239,20 @@ mod tests {
             p.accounts.insert(id, Account { name: (*name).into(), key_rev: 1 });
             p.start(ConnId(i as u64), id);
         }
-        let names: Vec<String> = p.online_users().into_iter().map(|u| u.name).collect();
+        let names: Vec<String> = p.users(false).into_iter().map(|u| u.name).collect();
         assert_eq!(names, ["Alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn all_users_include_the_offline_ones_with_their_status() {
+        let mut p = Presence::default();
+        for (i, name) in ["dora", "Ben", "al"].iter().enumerate() {
+            p.accounts.insert(Ulid::from(i as u128 + 1), Account { name: (*name).into(), key_rev: 1 });
+        }
+        p.start(ConnId(7), Ulid::from(2u128));
+        let listed: Vec<(String, String)> = p.users(true).into_iter().map(|u| (u.name, u.status)).collect();
+        let expected = [("al", "offline"), ("Ben", "online"), ("dora", "offline")];
+        assert_eq!(listed, expected.map(|(n, s)| (n.to_owned(), s.to_owned())));
+        assert_eq!(p.users(false).len(), 1, "without `all`, the connected users only");
     }
 }

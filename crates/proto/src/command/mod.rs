@@ -204,10 +204,14 @@ command_table! {
         parse(p) { let _ = p; Ok(Command::Info) },
         encode { empty() };
 
-    /// `LST_USR {}`: ask for `USR_LST`.
-    LstUsr = "LST_USR", Presence, Authenticated, fatal: false,
-        parse(p) { let _ = p; Ok(Command::LstUsr) },
-        encode { empty() };
+    /// `LST_USR {all?}`: ask for `USR_LST`: the connected users, or with
+    /// `all` every account, offline ones included.
+    LstUsr {
+        /// Every account, not only the connected ones.
+        all: bool,
+    } = "LST_USR", Presence, Authenticated, fatal: false,
+        parse(p) { Ok(Command::LstUsr { all: de::<LstUsrBody>(p)?.all }) },
+        encode { if *all { named(LstUsrBody { all: true }) } else { empty() } };
 
     /// `CNN_USR {to}`: exchange `USR_HSK` with `to`.
     CnnUsr {
@@ -264,6 +268,14 @@ command_table! {
         id: Ulid,
     } = "CH_LEAVE", Channel, Authenticated, fatal: false,
         parse(p) { Ok(Command::ChLeave { id: de::<IdBody>(p)?.id }) },
+        encode { named(IdBody { id: *id }) };
+
+    /// `CH_WHO {id}`: ask a channel's members (`CH_MEMBERS`).
+    ChWho {
+        /// The channel.
+        id: Ulid,
+    } = "CH_WHO", Channel, Authenticated, fatal: false,
+        parse(p) { Ok(Command::ChWho { id: de::<IdBody>(p)?.id }) },
         encode { named(IdBody { id: *id }) };
 
     /// `CH_LST {}`: ask for `LST_CH`.
@@ -472,7 +484,9 @@ mod tests {
         roundtrip(Command::Kalive);
         roundtrip(Command::Dcnn);
         roundtrip(Command::Info);
-        roundtrip(Command::LstUsr);
+        roundtrip(Command::LstUsr { all: false });
+        roundtrip(Command::LstUsr { all: true });
+        roundtrip(Command::ChWho { id: Ulid::from(7u128) });
         roundtrip(Command::CnnUsr { to: a });
         roundtrip(Command::PvMsg { to: a, msg_id: b, msg: Body::text("héllo") });
         roundtrip(Command::PvMsg { to: a, msg_id: b, msg: Body::binary(vec![0u8, 255]) });

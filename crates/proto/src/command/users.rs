@@ -6,6 +6,13 @@ use ulid::Ulid;
 
 use crate::id;
 
+/// `LST_USR`'s optional field.
+#[derive(Serialize, Deserialize)]
+pub(super) struct LstUsrBody {
+    #[serde(default)]
+    pub(super) all: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 pub(super) struct ToBody {
     #[serde(deserialize_with = "id::strict")]

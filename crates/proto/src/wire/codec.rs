@@ -327,6 +327,32 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// The longest legal header: COMMAND, LEN (20 digits is more than any
+/// `usize`) and SIGNATURE lines, each with CR LF.
+const MAX_HEADER_LEN: usize = MAX_COMMAND_LEN + 2 + 20 + 2 + SIGNATURE_HEX_LEN + 2;
+
+/// Where the first frame in `src` ends, for a transport that carries frames
+/// in messages of its own (a WebSocket): `Ok(Some(n))` once its header is
+/// whole (`n` counts leading blank lines, the header and LEN payload bytes,
+/// and may exceed `src.len()`), `Ok(None)` while the header is incomplete,
+/// `Err` when the header breaks the grammar. Only the header is looked at
+/// (copied, at most a few hundred bytes): the payload is never touched.
+pub fn frame_extent(src: &[u8]) -> Result<Option<usize>, FrameError> {
+    let blanks = src.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let head = &src[..src.len().min(blanks + MAX_HEADER_LEN)];
+    let mut buf = BytesMut::from(head);
+    let mut codec = FrameCodec::new(usize::MAX);
+    let decoded = codec.decode(&mut buf)?;
+    // A whole frame within `head` was consumed with its payload; otherwise
+    // what was consumed is the header, and LEN payload bytes follow it.
+    let consumed = head.len() - buf.len();
+    Ok(match (decoded, codec.state) {
+        (Some(_), _) => Some(consumed),
+        (None, State::Payload { len, .. }) => Some(consumed.saturating_add(len)),
+        (None, _) => None,
+    })
+}
+
 /// A frame to write: the signature is given already computed (or empty).
 #[derive(Clone, Debug)]
 pub struct OutFrame<'a> {
@@ -366,5 +392,33 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
         }
         encode_frame(&frame, dst);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_extent;
+
+    #[test]
+    fn frame_extent_counts_blanks_header_and_payload() {
+        assert_eq!(frame_extent(b"INFO\n0\n\n").ok(), Some(Some(8)));
+        assert_eq!(frame_extent(b"\r\n\nINFO\n0\n\n").ok(), Some(Some(11)));
+        assert_eq!(frame_extent(b"MSG\n3\n\nabcINFO\n0\n\n").ok(), Some(Some(10)));
+        // The payload need not be there: the header says how long it is.
+        assert_eq!(frame_extent(b"MSG\n70000\n\nab").ok(), Some(Some(11 + 70_000)));
+        let sig = "a".repeat(128);
+        let frame = format!("CNN\n2\n{sig}\nxy");
+        assert_eq!(frame_extent(frame.as_bytes()).ok(), Some(Some(frame.len())));
+    }
+
+    #[test]
+    fn frame_extent_waits_for_a_whole_header_and_refuses_a_bad_one() {
+        assert_eq!(frame_extent(b"").ok(), Some(None));
+        assert_eq!(frame_extent(b"\n\n").ok(), Some(None));
+        assert_eq!(frame_extent(b"INFO\n0").ok(), Some(None));
+        assert_eq!(frame_extent(b"INFO\n0\naaaa").ok(), Some(None));
+        assert!(frame_extent(b"info\n0\n\n").is_err());
+        assert!(frame_extent(b"INFO\n007\n\n").is_err());
+        assert!(frame_extent(b"INFO\n1\nxyz\n").is_err());
     }
 }

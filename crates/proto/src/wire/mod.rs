@@ -6,5 +6,5 @@ pub mod codec;
 pub mod mac;
 pub mod multimac;
 
-pub use codec::{encode_frame, CommandName, Frame, FrameCodec, FrameError, OutFrame, TAG_LEN};
+pub use codec::{encode_frame, frame_extent, CommandName, Frame, FrameCodec, FrameError, OutFrame, TAG_LEN};
 pub use mac::{sign_many, FrameMac, KeyError, SecretKey, KEY_LEN};
