@@ -6,6 +6,14 @@
 //! the cap is reached the oldest entries are evicted and the account's
 //! *floor* is raised to their timestamp, so a replay of an evicted nonce is
 //! still refused (as `stale`). Pure: `now` is passed in.
+//!
+//! `now` may go backwards (the shell reads the wall clock, which an NTP step
+//! or a resumed virtual machine moves back): a nonce forgotten because time
+//! passed must not pass again when the clock returns. So the guard keeps the
+//! highest timestamp it ever forgot and refuses, for every account, any at or
+//! below it. While the clock only moves forward that refuses nothing the skew
+//! check would pass: a nonce is forgotten only once its timestamp is more
+//! than `skew_s` in the past.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -28,6 +36,7 @@ pub enum ReplayError {
 
 #[derive(Default, Debug)]
 struct Window {
+    /// The nonces remembered: lookups only (`by_time` orders them).
     seen: HashSet<u64>,
     by_time: BTreeSet<(u64, u64)>,
     /// Timestamps at or below this are refused: their nonces may have been evicted.
@@ -38,9 +47,12 @@ struct Window {
 #[derive(Debug)]
 pub struct ReplayGuard {
     skew_s: u64,
-    /// Timestamps at or below this are refused for every account (server start).
+    /// Timestamps at or below this are refused for every account: the
+    /// server's start, and the highest timestamp forgotten as time passed.
     global_floor: Option<u64>,
     per_account: usize,
+    /// Per account: looked up per frame; iterated only to prune and count,
+    /// which makes no output.
     windows: HashMap<Ulid, Window>,
 }
 
@@ -74,7 +86,11 @@ impl ReplayGuard {
             return Err(ReplayError::Stale { skew_s });
         }
         let window = self.windows.entry(account).or_default();
-        Self::expire(window, skew_s, now);
+        let forgot = Self::expire(window, skew_s, now);
+        Self::raise(&mut self.global_floor, forgot);
+        if self.global_floor.is_some_and(|floor| timestamp <= floor) {
+            return Err(ReplayError::Stale { skew_s });
+        }
         if window.floor.is_some_and(|floor| timestamp <= floor) {
             return Err(ReplayError::Stale { skew_s });
         }
@@ -90,26 +106,39 @@ impl ReplayGuard {
         Ok(())
     }
 
-    fn expire(window: &mut Window, skew_s: u64, now: u64) {
-        // An entry with timestamp < now - skew can no longer pass the timestamp check.
+    /// Forgets what the timestamp check alone now refuses; returns the
+    /// highest timestamp forgotten, if any.
+    fn expire(window: &mut Window, skew_s: u64, now: u64) -> Option<u64> {
+        // An entry with timestamp < now - skew can no longer pass the timestamp check
+        // (as long as the clock does not step back: see the module doc).
         let limit = now.saturating_sub(skew_s);
+        let mut forgot = None;
         while let Some(&(ts, nonce)) = window.by_time.first() {
             if ts >= limit {
                 break;
             }
             window.by_time.pop_first();
             window.seen.remove(&nonce);
+            forgot = Some(ts);
         }
-        if window.floor.is_some_and(|f| f < limit) {
+        if let Some(f) = window.floor.filter(|f| *f < limit) {
             window.floor = None;
+            forgot = forgot.max(Some(f));
         }
+        forgot
+    }
+
+    /// Raises `floor` to `to`.
+    fn raise(floor: &mut Option<u64>, to: Option<u64>) {
+        *floor = (*floor).max(to);
     }
 
     /// Drops windows that hold nothing any more. Call periodically.
     pub fn sweep(&mut self, now: u64) {
         let skew_s = self.skew_s;
+        let global_floor = &mut self.global_floor;
         self.windows.retain(|_, w| {
-            Self::expire(w, skew_s, now);
+            Self::raise(global_floor, Self::expire(w, skew_s, now));
             !w.seen.is_empty() || w.floor.is_some()
         });
     }
@@ -183,6 +212,31 @@ mod tests {
         assert_eq!(g.check(a, 1000, 3, 1000), Err(ReplayError::Replay));
         g.sweep(2000);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_nonce_forgotten_as_time_passed_stays_refused_when_the_clock_steps_back() {
+        let mut g = ReplayGuard::new(30, 16);
+        let (a, b) = (Ulid::nil(), Ulid::from(1u128));
+        assert_eq!(g.check(a, 1000, 7, 1000), Ok(()));
+        assert_eq!(g.check(b, 1001, 8, 1001), Ok(()));
+        // The clock jumps an hour ahead: the windows empty as time passes...
+        g.sweep(4600);
+        assert!(g.is_empty());
+        // ...and the clock steps back (an NTP correction): the captured
+        // frames are within the skew again, and must not pass.
+        assert_eq!(g.check(a, 1000, 7, 1010), Err(ReplayError::Stale { skew_s: 30 }));
+        assert_eq!(g.check(b, 1001, 8, 1010), Err(ReplayError::Stale { skew_s: 30 }));
+        // Fresh frames pass: their timestamps are above every forgotten one.
+        assert_eq!(g.check(a, 1010, 9, 1010), Ok(()));
+        // The same through `check` alone (no sweep), and for an evicted floor.
+        let mut g = ReplayGuard::new(30, 1);
+        assert_eq!(g.check(a, 2000, 1, 2000), Ok(()));
+        assert_eq!(g.check(a, 2001, 2, 2001), Ok(()), "evicts nonce 1: floor 2000");
+        assert_eq!(g.check(a, 9000, 3, 9000), Ok(()), "forgets nonce 2 and the floor");
+        assert_eq!(g.check(a, 2001, 2, 2005), Err(ReplayError::Stale { skew_s: 30 }));
+        assert_eq!(g.check(a, 2000, 1, 2005), Err(ReplayError::Stale { skew_s: 30 }));
+        assert_eq!(g.check(a, 2005, 4, 2005), Ok(()));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! Inputs are method calls with the time passed in; outputs are
 //! [`ChannelEffect`]s addressed to users (not connections) and store writes.
-//! Iteration is over ordered sets, so a run is deterministic and replayable.
+//! Iteration is over ordered sets, so a run is deterministic and replayable;
+//! the one hash map (committed positions) serves lookups only and prints in
+//! position order, so even a channel's `Debug` is the same in every run.
 //!
 //! It must not do I/O, read a clock or the store, or know about
 //! connections: the relay maps users to sessions and carries the effects out.
@@ -27,6 +29,8 @@
 //! - `durability`: store writes and the announcements waiting on them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use ulid::Ulid;
@@ -133,12 +137,41 @@ pub struct Channel {
     pending_bytes: usize,
     merges: BTreeMap<Ulid, Merge>,
     /// Committed message id → position (durable or not).
-    committed: HashMap<Ulid, u64>,
+    committed: Positions,
     last_committed: Option<Ulid>,
     next_seq: u64,
     unannounced: BTreeMap<u64, Announcement>,
     /// The last status sent, to send CH_STATUS only on change.
     last_status: (Option<Ulid>, bool, usize),
+}
+
+/// Committed message id → position. A hash map, not a `BTreeMap`: it is
+/// looked up on every commit, every late ack (about half of a message's acks
+/// come after its commit) and every `CH_PULL` anchor, in a map as long as the
+/// history, and never iterated to make output. Its `Debug` lists entries in
+/// position order, so printing a channel does not depend on hash order.
+#[derive(Clone, Default)]
+struct Positions(HashMap<Ulid, u64>);
+
+impl Deref for Positions {
+    type Target = HashMap<Ulid, u64>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Positions {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for Positions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut by_seq: Vec<(u64, Ulid)> = self.0.iter().map(|(id, seq)| (*seq, *id)).collect();
+        by_seq.sort_unstable();
+        f.debug_map().entries(by_seq.into_iter().map(|(seq, id)| (id, seq))).finish()
+    }
 }
 
 fn err(code: ErrorCode, reason: &'static str) -> ProtoError {
@@ -167,7 +200,7 @@ impl Channel {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             merges: BTreeMap::new(),
-            committed: s.history.into_iter().collect(),
+            committed: Positions(s.history.into_iter().collect()),
             last_committed,
             next_seq,
             unannounced: BTreeMap::new(),

@@ -55,6 +55,8 @@ impl AckGatherer {
         }
         // Per connection, in order of first appearance: message → its ackers
         // (indexed: a round of acks is every member times every message).
+        // The hash maps only find an entry's place in these vectors; frames
+        // are made from the vectors, in the order the acks were recorded.
         let mut per_conn: Vec<(ConnId, Vec<AckedBy>)> = Vec::new();
         let mut conn_at: HashMap<ConnId, usize> = HashMap::new();
         let mut index: HashMap<(ConnId, Ulid), usize> = HashMap::new();
@@ -81,7 +83,8 @@ impl AckGatherer {
             }
         }
         for (conn, msgs) in per_conn {
-            // Messages with the same set of ackers share a frame.
+            // Messages with the same set of ackers share a frame (groups in
+            // order of their first message; `group_of` is only an index).
             let mut groups: Vec<(Vec<Ulid>, Vec<Ulid>)> = Vec::new();
             let mut group_of: HashMap<Vec<Ulid>, usize> = HashMap::new();
             for (msg_id, mut users) in msgs {

@@ -41,20 +41,25 @@ fn no_such_channel() -> ProtoError {
     ProtoError::new(ErrorCode::NoSuchChannel, "no such channel")
 }
 
-/// Every channel and the indexes over them.
+/// Every channel and the indexes over them. What is iterated to make
+/// output is ordered (`by_id`, each account's channel set); the hash maps
+/// are indexes, only looked up (or pruned, which sends nothing), so hash
+/// order never reaches an effect.
 #[derive(Debug, Default)]
 pub(super) struct Channels {
     /// Ordered, so ticks and lists visit channels in one order.
     pub(super) by_id: BTreeMap<Ulid, Channel>,
-    /// Lower-cased channel name → id.
+    /// Lower-cased channel name → id. Lookups only.
     names: HashMap<String, Ulid>,
-    /// Account → the channels it is a member of.
+    /// Account → the channels it is a member of: looked up per session
+    /// start and end; the sets are ordered, so channels are visited by id.
     memberships: HashMap<Ulid, BTreeSet<Ulid>>,
     /// Message ids pending or awaiting merge confirmation → their channel.
     /// Message-only commands are routed by it, and it keeps ids unique across
-    /// channels so one channel cannot capture another's acks. Pruned each tick.
+    /// channels so one channel cannot capture another's acks. Looked up on
+    /// every ack and commit (the hot path: a hash map); pruned each tick.
     live_msgs: HashMap<Ulid, Ulid>,
-    /// Connections with a `CH_PULL` being read: one at a time each.
+    /// Connections with a `CH_PULL` being read: one at a time each. Lookups only.
     pulls_in_flight: HashSet<ConnId>,
     /// Reused buffer for channel output.
     scratch: Vec<ChannelEffect>,

@@ -24,16 +24,20 @@ struct Account {
     key_rev: u64,
 }
 
-/// Accounts and sessions.
+/// Accounts and sessions. The hash maps are looked up on every routed
+/// frame; the one list made from them (`users`) is sorted by name and id
+/// before it goes out, so hash order never reaches an effect.
 #[derive(Debug, Default)]
 pub(super) struct Presence {
+    /// Every account. Lookups, and `LST_USR {all}` (sorted before it is sent).
     accounts: HashMap<Ulid, Account>,
     /// Authenticated connections → their account (ordered: broadcasts go out
     /// in one order, so a seeded run replays exactly).
     sessions: BTreeMap<ConnId, Ulid>,
-    /// Online accounts → their connection (one session per account).
+    /// Online accounts → their connection (one session per account): the
+    /// lookup behind every user-addressed frame. Also `LST_USR` (sorted).
     online: HashMap<Ulid, ConnId>,
-    /// Sessions that asked for batched frames (PROTOCOL.md §7.9).
+    /// Sessions that asked for batched frames (PROTOCOL.md §7.9). Lookups only.
     batching: HashSet<ConnId>,
 }
 
@@ -117,6 +121,7 @@ impl Presence {
             let status = if self.online.contains_key(id) { "online" } else { "offline" };
             UserEntry { id: *id, status: status.to_owned(), name: a.name.clone() }
         };
+        // Hash order, then sorted on a key that ids make unique: one order.
         let mut users: Vec<UserEntry> = if all {
             self.accounts.iter().map(|(id, a)| entry(id, a)).collect()
         } else {

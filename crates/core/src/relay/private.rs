@@ -21,10 +21,12 @@ pub(super) type Delivery = (Ulid, Ulid, Ulid);
 /// Delivered, unacknowledged private messages.
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
-    /// Each record: when it expires, and its insertion number.
+    /// Each record: when it expires, and its insertion number. Looked up
+    /// per `PV_MSG` and `ACK_MSG`; never iterated (`by_expiry` orders them).
     records: HashMap<Delivery, (u64, u64)>,
-    /// (expiry, insertion number, delivery): expiries never decrease, so this
-    /// is also the order of insertion; the first is the oldest.
+    /// (expiry, insertion number, delivery): the first is due first, which
+    /// is the oldest unless the server's clock stepped back (then the one due
+    /// first is evicted first, still one defined order).
     by_expiry: BTreeSet<(u64, u64, Delivery)>,
     made: u64,
 }
