@@ -247,6 +247,7 @@ const WORDS = {
   merge_unconfirmed: 'A merged message was not confirmed in time.',
   rate_limited: 'Too many requests at once; slow down a little.',
   already_authenticated: 'This connection was already signed in.',
+  read_only: 'The server cannot save anything right now (its disk is full or failing); chat in channels resumes once it can.',
 };
 
 /** An error code in words for people (codes are for machines, §5). */

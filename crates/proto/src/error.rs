@@ -64,6 +64,7 @@ error_codes! {
     MergeUnconfirmed = "merge_unconfirmed", fatal = false;
     RateLimited = "rate_limited", fatal = false;
     AlreadyAuthenticated = "already_authenticated", fatal = false;
+    ReadOnly = "read_only", fatal = false;
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -67,6 +67,7 @@ pub(crate) async fn run(
             msg = rx.recv() => msg,
             Some(reply) = replies.recv() => match reply {
                 StoreReply::Input(input) => Some(HubMsg::Input(input)),
+                StoreReply::ReadOnly(reason) => Some(HubMsg::Input(Input::StoreMode { writable: reason.is_none() })),
                 StoreReply::Failed(error) => {
                     tracing::error!(%error, "the store failed: shutting down");
                     let _ = failure.set(format!("the store failed: {error}"));

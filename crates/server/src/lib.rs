@@ -183,7 +183,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let open = || {
         Store::open(&config.db).map_err(|source| ServerError::Open { path: config.db.display().to_string(), source })
     };
-    let (store, writer_store, health_store) = (open()?, open()?, open()?);
+    let store = open()?;
+    // Before serving from it: a damaged file is refused with how to recover.
+    store.check_integrity().map_err(|source| ServerError::Open { path: config.db.display().to_string(), source })?;
+    let (writer_store, health_store) = (open()?, open()?);
     launch(config, [store, writer_store, health_store]).await
 }
 
@@ -240,13 +243,17 @@ async fn launch<S: Storage>(
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
-    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx, metrics.clone());
+    let store_status = Arc::new(store_writer::StoreStatus::default());
+    let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx, metrics.clone(), store_status.clone());
     let failure = Arc::new(std::sync::OnceLock::new());
     let hub_task =
         tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone(), metrics.clone()));
     let web_addr = web.map(|(listener, addr)| {
         let health = std::sync::Mutex::new(health_store);
         let check: web::HealthCheck = Arc::new(move || {
+            if let Some(why) = store_status.read_only() {
+                return Err(format!("read-only: {why}"));
+            }
             let mut store = health.lock().map_err(|_| "the health check failed before".to_owned())?;
             store.check_writable().map_err(|e| e.to_string())
         });

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Time to apply and make durable one batch.
     pub store_fsync: Histogram,
+    /// Store batches that failed and were kept to retry (read-only mode).
+    pub store_write_failures: IntCounter,
+    /// 1 while the store takes no writes (read-only mode), else 0.
+    pub store_read_only: IntGauge,
     channels: IntGaugeVec,
 }
 
@@ -144,6 +148,12 @@ impl Metrics {
                 "sigil_slow_consumers_total",
                 "Connections closed for not reading fast enough.",
             ),
+            store_write_failures: counter(
+                &r,
+                "sigil_store_write_failures_total",
+                "Store batches that failed and were kept to retry (read-only mode).",
+            ),
+            store_read_only: gauge(&r, "sigil_store_read_only", "1 while the store takes no writes (read-only mode)."),
             store_batch: histogram(
                 &r,
                 "sigil_store_batch_writes",

@@ -55,6 +55,8 @@ pub struct Relay {
     private: private::Ledger,
     channels: channels::Channels,
     acks: acks::AckGatherer,
+    /// The store takes no writes: commands that need one are refused (§3.8).
+    read_only: bool,
 }
 
 /// An [`Outbox`] over the relay's parts, leaving the others free to borrow.
@@ -62,6 +64,22 @@ macro_rules! outbox {
     ($relay:ident, $out:expr) => {
         &mut Outbox::new(&$relay.presence, &mut $relay.acks, $relay.limits.max_payload, $out)
     };
+}
+
+/// Whether a channel command starts something that must be stored before
+/// it can finish: a channel, a membership, an election, a message. What is
+/// already under way (acks, commits of pending messages, votes) goes on in
+/// read-only mode; its writes wait in the store until it takes them.
+fn needs_write(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::ChNew { .. }
+            | Command::ChJoin { .. }
+            | Command::ChLeave { .. }
+            | Command::ChLead { .. }
+            | Command::ChMsg { .. }
+            | Command::ChMerge { .. }
+    )
 }
 
 impl Relay {
@@ -80,6 +98,7 @@ impl Relay {
             private: Default::default(),
             channels: Default::default(),
             acks: Default::default(),
+            read_only: false,
         }
     }
 
@@ -150,6 +169,7 @@ impl Relay {
             Input::Stored { channel, seq, election } => {
                 self.channels.stored(channel, seq, election, outbox!(self, out))
             }
+            Input::StoreMode { writable } => self.read_only = !writable,
             Input::Pulled { conn, channel, anchor, entries, more } => {
                 let pull = channels::Pulled { conn, channel, anchor, entries, more };
                 self.channels.pulled(pull, &self.limits, outbox!(self, out));
@@ -199,6 +219,10 @@ impl Relay {
                 self.presence.command(conn, me, command, &self.sinfo, self.limits.max_payload, out)
             }
             (Family::Private, command) => self.private.command(&self.presence, me, command, now, &self.limits, out),
+            (Family::Channel, command) if self.read_only && needs_write(&command) => Err(ProtoError::new(
+                ErrorCode::ReadOnly,
+                "the server cannot store anything now (see its log): channels resume when it can",
+            )),
             (Family::Channel, command) => {
                 let ob = outbox!(self, out);
                 self.channels.command(conn, me, command, now, &self.limits, &mut self.ids, ob)
@@ -290,6 +314,7 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::StoreOp;
     use sigil_proto::event::ChMsgAck;
     use sigil_proto::Body;
 
@@ -380,5 +405,72 @@ mod tests {
         });
         let Some(sigil_proto::ServerEvent::Err(err)) = err else { panic!("no ERR") };
         assert!(err.reason.starts_with(&unknown.to_string()), "{}", err.reason);
+    }
+    /// The `ERR` codes sent to `conn` in `out`.
+    fn errors_to(out: &[Effect], conn: ConnId) -> Vec<String> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if *c == conn && frame.command == "ERR" => {
+                    match sigil_proto::ServerEvent::decode("ERR", &frame.payload) {
+                        Ok(sigil_proto::ServerEvent::Err(e)) => Some(e.code),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_only_refuses_what_needs_a_write_and_lets_the_rest_finish() {
+        let now = 1_800_000_000;
+        let mut relay = Relay::new(Limits::default(), now, IdSource::counter(1 << 64));
+        let mut out = Vec::new();
+        let users: Vec<Ulid> = (1..=3u128).map(Ulid::from).collect();
+        let conns: Vec<ConnId> = (1..=3u64).map(ConnId).collect();
+        let mut nonce = 0;
+        let mut request = |relay: &mut Relay, out: &mut Vec<Effect>, i: usize, command: Command| {
+            nonce += 1;
+            let request = Request { envelope: Envelope { nonce, timestamp: now }, command };
+            relay.step(Input::Request { conn: conns[i], request }, now, out);
+        };
+        for (i, &id) in users.iter().enumerate() {
+            relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut out);
+            let envelope = Envelope { nonce: 1000 + i as u64, timestamp: now };
+            relay.step(Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: false }, now, &mut out);
+        }
+        request(&mut relay, &mut out, 0, Command::ChNew { name: "c".into() });
+        let channel = relay.channels.by_id.keys().next().copied().expect("created");
+        request(&mut relay, &mut out, 1, Command::ChJoin { id: channel });
+        request(&mut relay, &mut out, 0, Command::ChLead { channel, election: 1 });
+        relay.step(Input::Stored { channel, seq: 0, election: 1 }, now, &mut out);
+        request(&mut relay, &mut out, 1, Command::ChVote { channel, election: 1, user: users[0] });
+        assert_eq!(relay.channel(&channel).and_then(|c| c.leader()), Some(users[0]));
+        let m = Ulid::from(99u128);
+        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m, msg: Body::text("x") });
+
+        relay.step(Input::StoreMode { writable: false }, now, &mut out);
+        out.clear();
+        let m2 = Ulid::from(100u128);
+        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m2, msg: Body::text("y") });
+        request(&mut relay, &mut out, 2, Command::ChJoin { id: channel });
+        request(&mut relay, &mut out, 2, Command::ChNew { name: "d".into() });
+        assert_eq!(errors_to(&out, conns[1]), vec!["read_only"]);
+        assert_eq!(errors_to(&out, conns[2]), vec!["read_only", "read_only"]);
+        // The message under way is acked and committed; its append waits in the store.
+        out.clear();
+        request(&mut relay, &mut out, 0, Command::AckChMsg { id: m, ids: Vec::new() });
+        request(&mut relay, &mut out, 0, Command::ChCommit { id: m, acks: vec![users[0], users[1]], ids: Vec::new() });
+        assert!(errors_to(&out, conns[0]).is_empty(), "{out:?}");
+        assert!(out.iter().any(|e| matches!(e, Effect::Store(StoreOp::Append { .. }))), "{out:?}");
+        // Lists and presence need no write.
+        out.clear();
+        request(&mut relay, &mut out, 2, Command::ChLst);
+        assert!(errors_to(&out, conns[2]).is_empty());
+
+        relay.step(Input::StoreMode { writable: true }, now, &mut out);
+        out.clear();
+        request(&mut relay, &mut out, 2, Command::ChJoin { id: channel });
+        assert!(errors_to(&out, conns[2]).is_empty(), "{out:?}");
     }
 }

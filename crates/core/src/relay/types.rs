@@ -79,6 +79,12 @@ pub enum Input {
         /// The highest durable election number (0: none in this batch).
         election: u64,
     },
+    /// The store stopped taking writes (`writable: false`: read-only mode,
+    /// PROTOCOL.md §3.8) or takes them again.
+    StoreMode {
+        /// Whether writes succeed.
+        writable: bool,
+    },
     /// History read for a `CH_PULL`.
     Pulled {
         /// The asking connection.

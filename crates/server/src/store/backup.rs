@@ -141,7 +141,7 @@ impl SqliteStore {
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(BackupError::sqlite(path))?;
         check_version(path, version)?;
-        Ok(Self { conn })
+        Ok(Self { conn, path: path.to_owned() })
     }
 
     /// Writes a consistent copy of the database to `out` and checks it

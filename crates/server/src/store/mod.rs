@@ -15,4 +15,4 @@ mod storage;
 pub use sqlite::SqliteStore;
 /// The store `sigil serve` and `sigil account` open: SQLite.
 pub use sqlite::SqliteStore as Store;
-pub use storage::{validate_name, Storage, StoreError, StoredAccount, MAX_NAME_LEN};
+pub use storage::{validate_name, Fault, Storage, StoreError, StoredAccount, MAX_NAME_LEN};

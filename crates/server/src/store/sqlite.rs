@@ -12,7 +12,7 @@
 //! do, through [`Storage`].
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -30,11 +30,25 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// A connection to the SQLite store.
 pub struct SqliteStore {
     pub(super) conn: Connection,
+    /// The file's path, to check that the open file is still the one there.
+    pub(super) path: PathBuf,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_inner(path).map_err(|e| match e {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, detail))
+                if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
+            {
+                let detail = detail.unwrap_or_else(|| f.to_string());
+                StoreError::Damaged { path: path.display().to_string(), detail }
+            }
+            e => e,
+        })
+    }
+
+    fn open_inner(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
             create_private_file(path)?;
         }
@@ -47,9 +61,11 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew { found: version, supported: SCHEMA_VERSION });
         }
+        let store = Self { conn, path: path.to_owned() };
         if version == SCHEMA_VERSION {
-            return Ok(Self { conn });
+            return Ok(store);
         }
+        let conn = &store.conn;
         // IMMEDIATE: a deferred transaction that reads and then writes fails at
         // once (SQLITE_BUSY_SNAPSHOT) if a running server commits in between.
         conn.execute_batch(
@@ -90,7 +106,28 @@ impl SqliteStore {
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
-        Ok(Self { conn })
+        Ok(store)
+    }
+
+    /// Runs SQLite's `quick_check` (every page and index entry readable and
+    /// well formed; O(size) reads, no writes), once at start: a damaged
+    /// file is refused before the server serves from it, with the path and
+    /// how to recover.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        let damaged = |detail: String| StoreError::Damaged { path: self.path.display().to_string(), detail };
+        let mut stmt = self.conn.prepare("PRAGMA quick_check").map_err(|e| damaged(e.to_string()))?;
+        let mut rows = stmt.query([]).map_err(|e| damaged(e.to_string()))?;
+        let mut problems = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| damaged(e.to_string()))? {
+            let line: String = row.get(0).map_err(|e| damaged(e.to_string()))?;
+            if line != "ok" {
+                problems.push(line);
+            }
+        }
+        match problems.len() {
+            0 => Ok(()),
+            n => Err(damaged(format!("{n} problem(s), the first: {}", problems[0]))),
+        }
     }
 
     /// Creates an account with a fresh key.
@@ -370,6 +407,88 @@ impl Storage for SqliteStore {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.rollback()?;
         Ok(())
+    }
+
+    /// The file SQLite writes is still the one at the path, its write-ahead
+    /// log is still there, and its header is still SQLite's.
+    fn verify_in_place(&self) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let moved = |detail: &str| StoreError::Moved { path: path.clone(), detail: detail.to_owned() };
+        if self.has_moved()? {
+            return Err(moved("the file at that path is not the one the server opened"));
+        }
+        // While a connection is open SQLite keeps the log (it is emptied and
+        // reused, never deleted): gone means removed by someone else, and
+        // what was just committed to it is in a file nobody will open again.
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if !Path::new(&wal).exists() {
+            return Err(moved("its write-ahead log (the -wal file beside it) was removed"));
+        }
+        if &self.read_header()? != SQLITE_MAGIC {
+            return Err(StoreError::Damaged { path, detail: "its header was overwritten".into() });
+        }
+        Ok(())
+    }
+}
+
+/// The first bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+impl SqliteStore {
+    /// Whether SQLite's open file is no longer the file at its path (removed,
+    /// renamed, replaced): its own check, `SQLITE_FCNTL_HAS_MOVED`.
+    fn has_moved(&self) -> Result<bool, StoreError> {
+        let mut moved: std::os::raw::c_int = 0;
+        // SAFETY: the handle is this open connection's, used from this thread
+        // only (`&self`); "main" is a NUL-terminated name; HAS_MOVED writes
+        // one int through the pointer, which lives across the call.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_file_control(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                rusqlite::ffi::SQLITE_FCNTL_HAS_MOVED,
+                (&mut moved as *mut std::os::raw::c_int).cast(),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None)));
+        }
+        Ok(moved != 0)
+    }
+
+    /// The database file's first bytes, read through SQLite's own file
+    /// handle: opening and closing another descriptor on the file would drop
+    /// the locks SQLite holds on it (POSIX advisory locks are per process).
+    fn read_header(&self) -> Result<[u8; 16], StoreError> {
+        let mut file: *mut rusqlite::ffi::sqlite3_file = std::ptr::null_mut();
+        let mut header = [0u8; 16];
+        // SAFETY: FILE_POINTER stores the connection's sqlite3_file pointer,
+        // owned by the connection and valid while it is open and unused by
+        // another thread (`&self`). xRead is that file's method, given a
+        // buffer of the length it is told.
+        let rc = unsafe {
+            let rc = rusqlite::ffi::sqlite3_file_control(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&mut file as *mut *mut rusqlite::ffi::sqlite3_file).cast(),
+            );
+            match (rc, file.is_null()) {
+                (rusqlite::ffi::SQLITE_OK, false) => match (*file).pMethods.as_ref().and_then(|m| m.xRead) {
+                    Some(read) => read(file, header.as_mut_ptr().cast(), header.len() as std::os::raw::c_int, 0),
+                    None => rusqlite::ffi::SQLITE_MISUSE,
+                },
+                (rusqlite::ffi::SQLITE_OK, true) => rusqlite::ffi::SQLITE_MISUSE,
+                (rc, _) => rc,
+            }
+        };
+        match rc {
+            rusqlite::ffi::SQLITE_OK => Ok(header),
+            // A short read (a truncated file) leaves zeros: not the magic.
+            rusqlite::ffi::SQLITE_IOERR_SHORT_READ => Ok([0; 16]),
+            rc => Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None))),
+        }
     }
 }
 

@@ -30,6 +30,28 @@ pub enum StoreError {
     /// A row that cannot be what this version wrote.
     #[error("corrupt database: {0}")]
     Corrupt(String),
+    /// The database file fails SQLite's integrity check, or is no database.
+    #[error(
+        "the database is damaged ({detail}). Stop every process using it, then either restore a backup \
+         (sigil restore --db {path} BACKUP) or salvage what is readable \
+         (sqlite3 {path} .recover | sqlite3 RECOVERED.db) and start on that file"
+    )]
+    Damaged {
+        /// The database file.
+        path: String,
+        /// What the check found.
+        detail: String,
+    },
+    /// The database file the server writes is no longer the file at its
+    /// path: removed, renamed or replaced while the server ran, so writes
+    /// would go where no later start looks.
+    #[error("{path} was removed or replaced while the server was using it: {detail}")]
+    Moved {
+        /// The database file.
+        path: String,
+        /// What was found.
+        detail: String,
+    },
     /// The file was written by a newer sigil.
     #[error("database schema version {found} is newer than this sigil understands ({supported})")]
     TooNew {
@@ -40,7 +62,39 @@ pub enum StoreError {
     },
 }
 
+/// What a failed store operation means for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Another process holds the write lock: try again shortly.
+    Busy,
+    /// The store cannot write now (disk full, an I/O error, a read-only
+    /// file system) but what it holds is intact: serve read-only and retry.
+    Unwritable,
+    /// The store is damaged or gone: stop, announcing nothing more.
+    Fatal,
+}
+
 impl StoreError {
+    /// How the server must react to this error.
+    pub fn fault(&self) -> Fault {
+        use rusqlite::ErrorCode as C;
+        match self {
+            _ if self.is_busy() => Fault::Busy,
+            // SQLite's own check that its file is still at its path.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED =>
+            {
+                Fault::Fatal
+            }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => match e.code {
+                C::DiskFull | C::SystemIoFailure | C::ReadOnly | C::CannotOpen | C::OutOfMemory => Fault::Unwritable,
+                _ => Fault::Fatal,
+            },
+            StoreError::Io(_) => Fault::Unwritable,
+            _ => Fault::Fatal,
+        }
+    }
+
     /// Whether another process holds the database (its write lock) and the
     /// same work may succeed if tried again later.
     pub fn is_busy(&self) -> bool {
@@ -114,6 +168,12 @@ pub trait Storage: Send + 'static {
     /// Whether the store takes writes now: takes the write lock and lets it
     /// go, writing nothing (`/healthz`).
     fn check_writable(&mut self) -> Result<(), StoreError>;
+
+    /// Checks, after [`Storage::apply`] returned, that what it wrote is
+    /// where the next start will read it: the file was not removed,
+    /// replaced or overwritten meanwhile. Called before anything written is
+    /// announced; an error is [`Fault::Fatal`].
+    fn verify_in_place(&self) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -127,6 +187,22 @@ mod tests {
         assert!(sqlite(rusqlite::ffi::SQLITE_LOCKED).is_busy());
         assert!(!sqlite(rusqlite::ffi::SQLITE_FULL).is_busy());
         assert!(!StoreError::Corrupt("x".into()).is_busy());
+    }
+
+    #[test]
+    fn faults_are_told_apart() {
+        let sqlite = |code| StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None));
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_BUSY).fault(), Fault::Busy);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_FULL).fault(), Fault::Unwritable);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_IOERR_WRITE).fault(), Fault::Unwritable);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_IOERR_FSYNC).fault(), Fault::Unwritable);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_READONLY).fault(), Fault::Unwritable);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_READONLY_DBMOVED).fault(), Fault::Fatal);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CORRUPT).fault(), Fault::Fatal);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_NOTADB).fault(), Fault::Fatal);
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).fault(), Fault::Fatal);
+        let moved = StoreError::Moved { path: "x".into(), detail: "gone".into() };
+        assert_eq!(moved.fault(), Fault::Fatal);
     }
 
     #[test]
