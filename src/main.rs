@@ -250,6 +250,9 @@ struct ServeArgs {
     /// Log level or filter (RUST_LOG, when set, wins at start); SIGHUP re-reads it from --config.
     #[arg(long, default_value = "info", value_parser = log_filter)]
     log_level: String,
+    /// Lines logged per kind of repeatable event (connects, refusals, failed sign-ins, slow consumers, ...) per 10 s; the rest are counted in one summary line (0: log every line).
+    #[arg(long, default_value_t = server::DEFAULT_LOG_REPEATS)]
+    log_repeats: u32,
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for sessions to flush their last frames.
     #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_GRACE_S, value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_grace_s: u64,
@@ -561,6 +564,7 @@ fn server_config(args: ServeArgs) -> Config {
     config.web = (!args.no_web && !args.web.eq_ignore_ascii_case("none")).then_some(args.web);
     config.web_origins = args.web_origin;
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
+    config.log_repeats = args.log_repeats;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(server::TlsConfig { listen: args.tls_listen, cert, key });
     }

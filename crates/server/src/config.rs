@@ -25,6 +25,8 @@ pub const DEFAULT_RATE: f64 = 200.0;
 pub const DEFAULT_BURST: f64 = 400.0;
 /// Default time from a frame's first byte to its last (s).
 pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
+/// Default lines logged per kind of repeatable event per 10 s (`--log-repeats`).
+pub const DEFAULT_LOG_REPEATS: u32 = 20;
 
 /// Largest LEN accepted before authentication: a CNN is about 100 bytes and
 /// an unsigned INFO's payload is ignored, so a stranger cannot make the
@@ -94,6 +96,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A TLS frame listener as well, when set.
     pub tls: Option<TlsConfig>,
+    /// Lines logged per kind of repeatable event (connects, refusals, failed
+    /// sign-ins, ...) per 10 s; the rest are summarised (0: every line).
+    pub log_repeats: u32,
 }
 
 impl Config {
@@ -117,6 +122,7 @@ impl Config {
             web_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             tls: None,
+            log_repeats: DEFAULT_LOG_REPEATS,
         }
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::group_runs;
+use crate::log_throttle::{LogKind, LogLimiter};
 use crate::memory::{release_free_memory, Trimmer};
 use crate::metrics::Metrics;
 use crate::outbound::{CloseMode, ConnHandle, OfferError};
@@ -46,6 +47,7 @@ pub enum HubMsg {
 }
 
 /// Runs the hub until shutdown or until every sender is gone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     mut relay: Relay,
     mut rx: mpsc::Receiver<HubMsg>,
@@ -54,6 +56,7 @@ pub(crate) async fn run(
     stop: tokio_util::sync::CancellationToken,
     failure: Arc<std::sync::OnceLock<String>>,
     metrics: Arc<Metrics>,
+    log: Arc<LogLimiter>,
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
@@ -82,6 +85,8 @@ pub(crate) async fn run(
                 }
                 let (led, leaderless) = relay.channel_counts();
                 metrics.set_channels(led, leaderless);
+                // A flood that stopped is summed up within a second of its window's end.
+                log.flush();
                 Some(HubMsg::Input(Input::Tick))
             }
         };
@@ -138,7 +143,9 @@ pub(crate) async fn run(
                             Ok(()) => queued += 1,
                             Err(OfferError::Full) => {
                                 metrics.slow_consumers.inc();
-                                tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
+                                if log.admit(LogKind::SlowConsumer) {
+                                    tracing::info!(conn = conn.0, "slow consumer: outbound queue full");
+                                }
                                 let e = ProtoError::new(
                                     ErrorCode::SlowConsumer,
                                     "outbound queue full: you are not reading fast enough",

@@ -12,6 +12,7 @@ mod config;
 mod connection;
 pub mod fanout;
 pub mod hub;
+pub mod log_throttle;
 mod memory;
 pub mod metrics;
 pub mod outbound;
@@ -37,6 +38,7 @@ use ulid::Ulid;
 
 pub use crate::clock::now_unix;
 pub use crate::config::*;
+use crate::log_throttle::{LogKind, LogLimiter};
 pub use crate::metrics::Metrics;
 pub use crate::shared::Directory;
 use crate::shared::Shared;
@@ -228,6 +230,7 @@ async fn launch<S: Storage>(
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let live = RwLock::new(config.live());
     let (account_refresh, refresh_requests) = std::sync::mpsc::channel();
+    let log = Arc::new(LogLimiter::new(config.log_repeats));
     let shared = Arc::new(Shared {
         account_refresh,
         sinfo_unsigned: relay.sinfo().clone().unsigned(),
@@ -239,6 +242,7 @@ async fn launch<S: Storage>(
         last_conn: AtomicU64::new(0),
         metrics: metrics.clone(),
         live,
+        log: log.clone(),
     });
     let stop = CancellationToken::new();
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -247,7 +251,7 @@ async fn launch<S: Storage>(
     let store_thread = store_writer::spawn(writer_store, store_rx, reply_tx, metrics.clone(), store_status.clone());
     let failure = Arc::new(std::sync::OnceLock::new());
     let hub_task =
-        tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone(), metrics.clone()));
+        tokio::spawn(hub::run(relay, hub_rx, store_tx, reply_rx, stop.clone(), failure.clone(), metrics.clone(), log));
     let web_addr = web.map(|(listener, addr)| {
         let health = std::sync::Mutex::new(health_store);
         let check: web::HealthCheck = Arc::new(move || {
@@ -311,7 +315,9 @@ async fn serve(
                 Ok((stream, peer)) => serve_connection(&shared, stream, peer).await,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if shared.log.admit(LogKind::AcceptFailed) {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -331,8 +337,11 @@ async fn serve(
     // The hub's end closes the store queue; the store thread drains it and
     // closes the database.
     let _ = hub_task.await;
+    let log = shared.log.clone();
     drop(shared);
     let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    // What the last windows left out is said before the end.
+    log.flush_all();
     tracing::info!("stopped");
 }
 
@@ -344,7 +353,9 @@ pub(crate) async fn serve_connection<T: Transport>(shared: &Arc<Shared>, stream:
         Ok(slot) => start_admitted(shared, stream, peer, slot).await,
         Err(why) => {
             // Refused before it is a connection: one unsigned ERR, best effort, never waited for.
-            tracing::info!(%peer, why, "connection refused");
+            if shared.log.admit(LogKind::Refused) {
+                tracing::info!(%peer, why, "connection refused");
+            }
             let e = sigil_proto::ProtoError::new(sigil_proto::ErrorCode::RateLimited, why);
             let frame = Outbound::error(&e);
             let mut buf = bytes::BytesMut::new();
@@ -383,7 +394,9 @@ async fn serve_tls(listener: TcpListener, shared: Arc<Shared>, reloader: TlsRelo
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => serve_tls_connection(&shared, &reloader, &stop, stream, peer),
                 Err(e) => {
-                    tracing::warn!(error = %e, "TLS accept failed");
+                    if shared.log.admit(LogKind::AcceptFailed) {
+                        tracing::warn!(error = %e, "TLS accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -403,7 +416,9 @@ fn serve_tls_connection(
     let slot = match shared.admit(peer.ip(), "tls") {
         Ok(slot) => slot,
         Err(why) => {
-            tracing::info!(%peer, why, "TLS connection refused");
+            if shared.log.admit(LogKind::TlsRefused) {
+                tracing::info!(%peer, why, "TLS connection refused");
+            }
             return;
         }
     };
@@ -417,7 +432,11 @@ fn serve_tls_connection(
         };
         match handshake {
             Ok(tls) => start_admitted(&shared, ByteStream::new(tls), peer, slot).await,
-            Err(e) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            Err(e) => {
+                if shared.log.admit(LogKind::TlsHandshakeFailed) {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                }
+            }
         }
     });
 }

@@ -18,6 +18,7 @@ pub(crate) const ACCOUNT_REFRESH_WAIT: std::time::Duration = std::time::Duration
 use prometheus::IntGauge;
 
 use crate::hub::HubMsg;
+use crate::log_throttle::LogLimiter;
 use crate::metrics::{Metrics, RateLimit};
 use sigil_core::AccountKey;
 use sigil_proto::Outbound;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     /// Asks the account watcher to read the accounts now; it answers on the
     /// sender once it has (see [`Shared::refresh_accounts`]).
     pub(crate) account_refresh: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    /// How often lines about events anyone can repeat are written.
+    pub(crate) log: Arc<LogLimiter>,
 }
 
 /// A connection's place in the connection limits, given back on drop.

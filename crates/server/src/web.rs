@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::log_throttle::LogKind;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::tls::TlsReloader;
@@ -161,7 +162,9 @@ async fn serve_ws(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&headers, state.https, &state.sessions.config.web_origins) {
-        tracing::info!(%peer, origin = ?headers.get(header::ORIGIN), "WebSocket refused: origin not allowed");
+        if state.sessions.log.admit(LogKind::WebSocketRefused) {
+            tracing::info!(%peer, origin = ?headers.get(header::ORIGIN), "WebSocket refused: origin not allowed");
+        }
         return (StatusCode::FORBIDDEN, "origin not allowed: see sigil serve --web-origin\n").into_response();
     }
     let limit = state.sessions.config.limits.max_payload.saturating_add(HEADER_ALLOWANCE);
@@ -243,7 +246,9 @@ pub(crate) fn spawn(listener: TcpListener, state: WebState, tls: Option<TlsReloa
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::warn!(error = %e, "web listener: accept failed");
+                        if sessions.log.admit(LogKind::AcceptFailed) {
+                            tracing::warn!(error = %e, "web listener: accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
