@@ -35,7 +35,8 @@ async fn account_added_and_removed_while_running() {
     // And his key no longer works.
     let mut raw = ts.raw().await;
     let bob_cred = ts.user("bob");
-    raw.send_request(&bob_cred, Command::Cnn { id: bob_cred.id, batch: false }, rand::random(), now()).await;
+    raw.send_request(&bob_cred, Command::Cnn { id: bob_cred.id, batch: false, bind: false }, rand::random(), now())
+        .await;
     raw.expect_fatal(ErrorCode::AuthFailed).await;
 }
 
@@ -73,7 +74,8 @@ async fn frames_captured_before_a_restart_cannot_be_replayed_after_it() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let mut raw = ts.raw().await;
     // Stamped a second ago: inside the skew window, before the restart.
-    let captured = raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false }, 7, now() - 1).await;
+    let captured =
+        raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 7, now() - 1).await;
     assert_eq!(raw.frame().await.unwrap().command.as_str(), "UCNN");
     ts.restart(|_| {}).await;
     let mut replay = ts.raw().await;
@@ -116,6 +118,6 @@ async fn a_new_account_signs_in_as_soon_as_it_is_added() {
     // And a wrong key is still refused.
     let mut raw = ts.raw().await;
     let stale = ts.user("alice");
-    raw.send_request(&stale, Command::Cnn { id: stale.id, batch: false }, rand::random(), now()).await;
+    raw.send_request(&stale, Command::Cnn { id: stale.id, batch: false, bind: false }, rand::random(), now()).await;
     raw.expect_fatal(ErrorCode::AuthFailed).await;
 }

@@ -445,7 +445,7 @@ async fn batched_acks_and_commits_reach_batching_sessions_as_one_frame_and_other
     let (bi, ci) = (b.credentials.id, c.credentials.id);
     a.send(Command::Info).await.unwrap();
     let info = until(&mut a, |ev| if let ServerEvent::Sinfo(s) = ev { Some(s) } else { None }).await;
-    assert_eq!(info.features, vec!["batch".to_owned()]);
+    assert_eq!(info.features, vec!["batch".to_owned(), "bind".to_owned()]);
     let ch = channel_with("batched", &mut a, &mut [&mut b, &mut c]).await;
     elect(ch, 1, &mut a, &mut [&mut b, &mut c]).await;
     let ms: Vec<Ulid> = (0..3).map(|_| Ulid::new()).collect();

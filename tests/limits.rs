@@ -216,7 +216,7 @@ async fn the_replay_window_is_bounded_and_still_refuses_evicted_nonces() {
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
-    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false }, 1, now()).await;
+    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 1, now()).await;
     raw.frame().await.unwrap();
     // Two nonces fit the window: the third evicts the oldest (stamped two seconds ago).
     let old = raw.send_request(&alice, Command::Info, 2, now() - 2).await;

@@ -114,7 +114,7 @@ async fn counters_move_by_what_happened() {
     let mut raw = ts.raw().await;
     let mut stranger = ts.user("alice");
     stranger.key = sigil_proto::wire::SecretKey::generate();
-    raw.send_request(&stranger, Command::Cnn { id: stranger.id, batch: false }, 1, support::now()).await;
+    raw.send_request(&stranger, Command::Cnn { id: stranger.id, batch: false, bind: false }, 1, support::now()).await;
     raw.expect_fatal(ErrorCode::AuthFailed).await;
 
     let after = scrape_until(web, |s| {

@@ -99,7 +99,7 @@ async fn second_cnn_replaces_the_old_session() {
     new.send(Command::LstUsr { all: false }).await.unwrap();
     assert!(matches!(next(&mut new).await, ServerEvent::UsrLst(_)));
     // A second CNN on an authenticated session is refused but not fatal.
-    let nonce = new.send(Command::Cnn { id: new.credentials.id, batch: false }).await.unwrap();
+    let nonce = new.send(Command::Cnn { id: new.credentials.id, batch: false, bind: false }).await.unwrap();
     let e = next_err(&mut new).await;
     assert_eq!((code(&e), e.nonce_ref), (ErrorCode::AlreadyAuthenticated, Some(nonce)));
     new.send(Command::Info).await.unwrap();
@@ -117,7 +117,7 @@ async fn wrong_key_and_unknown_id_fail_identically() {
     let mut answers = Vec::new();
     for cred in [wrong_key, unknown] {
         let mut raw = ts.raw().await;
-        raw.send_request(&cred, Command::Cnn { id: cred.id, batch: false }, rand::random(), now()).await;
+        raw.send_request(&cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rand::random(), now()).await;
         let (f, e) = raw.expect_fatal(ErrorCode::AuthFailed).await;
         assert!(f.signature.is_none());
         answers.push(f.payload);
@@ -131,15 +131,16 @@ async fn stale_and_replayed_frames_are_fatal() {
     let ts = TestServer::start(&["alice"], |_| {}).await;
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
-    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false }, 1, now() - 100).await;
+    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 1, now() - 100).await;
     raw.expect_fatal(ErrorCode::Stale).await;
     let mut raw = ts.raw().await;
-    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false }, 2, now() + 100).await;
+    raw.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 2, now() + 100).await;
     raw.expect_fatal(ErrorCode::Stale).await;
 
     // The same CNN bytes on a second connection: replay.
     let mut first = ts.raw().await;
-    let captured = first.send_request(&alice, Command::Cnn { id: alice.id, batch: false }, u64::MAX - 1, now()).await;
+    let captured =
+        first.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, u64::MAX - 1, now()).await;
     assert_eq!(first.frame().await.unwrap().command.as_str(), "UCNN");
     let mut second = ts.raw().await;
     second.send(&captured).await;
@@ -253,7 +254,7 @@ async fn a_client_that_closes_right_after_its_requests_still_gets_the_replies() 
     let mut bob = ts.connect("bob").await;
     let alice = ts.user("alice");
     let mut raw = ts.raw().await;
-    let mut bytes = signed(&alice, Command::Cnn { id: alice.id, batch: false }, 1, now());
+    let mut bytes = signed(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 1, now());
     bytes.extend(signed(&alice, Command::LstUsr { all: false }, 2, now()));
     raw.send(&bytes).await;
     raw.stream.shutdown().await.unwrap();
@@ -286,7 +287,7 @@ async fn a_malformed_cnn_is_not_fatal_and_a_missing_tag_looks_like_a_wrong_one()
         let mut raw = ts.raw().await;
         let payload = Request {
             envelope: Envelope { nonce: rand::random(), timestamp: now() },
-            command: Command::Cnn { id: alice.id, batch: false },
+            command: Command::Cnn { id: alice.id, batch: false, bind: false },
         }
         .encode()
         .1;

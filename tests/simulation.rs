@@ -323,7 +323,8 @@ impl Sim {
         self.conn_of.insert(user, conn);
         self.user_of.insert(conn, user);
         let envelope = Envelope { nonce: self.rng.gen(), timestamp: self.now };
-        self.step_input(Input::Open { conn, account: user, key_rev: 1, envelope, batch: self.batch_of(user) });
+        let batch = self.batch_of(user);
+        self.step_input(Input::Open { conn, account: user, key_rev: 1, envelope, batch, bind: false });
     }
 
     fn disconnect(&mut self, user: Ulid) {

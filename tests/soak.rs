@@ -70,7 +70,7 @@ async fn hostile(kind: usize, ip: Ipv4Addr, addr: SocketAddr, cred: Credentials,
                 }
                 // A flood of signed frames.
                 1 => {
-                    let cnn = signed(&cred, Command::Cnn { id: cred.id, batch: false }, rng.gen(), now);
+                    let cnn = signed(&cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rng.gen(), now);
                     let _ = raw.stream.write_all(&cnn).await;
                     for _ in 0..50 {
                         if raw.stream.write_all(&flood).await.is_err() {
@@ -80,14 +80,16 @@ async fn hostile(kind: usize, ip: Ipv4Addr, addr: SocketAddr, cred: Credentials,
                 }
                 // A member that never reads.
                 2 => {
-                    let mut bytes = signed(&cred, Command::Cnn { id: cred.id, batch: false }, rng.gen(), now);
+                    let mut bytes =
+                        signed(&cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rng.gen(), now);
                     bytes.extend(signed(&cred, Command::ChJoin { id: channel }, rng.gen(), now));
                     let _ = raw.stream.write_all(&bytes).await;
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
                 // Reconnecting in a loop.
                 3 => {
-                    let mut bytes = signed(&cred, Command::Cnn { id: cred.id, batch: false }, rng.gen(), now);
+                    let mut bytes =
+                        signed(&cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rng.gen(), now);
                     bytes.extend(signed(&cred, Command::Dcnn, rng.gen(), now));
                     let _ = raw.stream.write_all(&bytes).await;
                     while raw.frame_or_garbage().await {}
@@ -96,7 +98,7 @@ async fn hostile(kind: usize, ip: Ipv4Addr, addr: SocketAddr, cred: Credentials,
                 4 => {
                     let bytes = captured
                         .get_or_insert_with(|| {
-                            signed(&cred, Command::Cnn { id: cred.id, batch: false }, rng.gen(), now)
+                            signed(&cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rng.gen(), now)
                         })
                         .clone();
                     let _ = raw.stream.write_all(&bytes).await;

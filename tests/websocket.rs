@@ -96,7 +96,7 @@ async fn expect_fatal(ws: &mut Socket, code: ErrorCode) -> ErrPayload {
 }
 
 async fn authenticate(ws: &mut Socket, cred: &Credentials) {
-    send(ws, &signed(cred, Command::Cnn { id: cred.id, batch: false }, rand::random(), now())).await;
+    send(ws, &signed(cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rand::random(), now())).await;
     let ucnn = frame(ws).await.expect("UCNN");
     assert_eq!(ucnn.command.as_str(), "UCNN", "{ucnn:?}");
 }
@@ -286,4 +286,30 @@ async fn the_page_is_served_from_the_server_itself() {
 /// also makes the build fail without it).
 fn require_web_build() -> bool {
     std::env::var("SIGIL_REQUIRE_WEB").is_ok_and(|v| v == "1")
+}
+
+#[tokio::test]
+async fn a_bound_session_over_a_websocket_is_signed_with_the_key_derived_from_its_cnn() {
+    let ts = server(&["alice"], |_| {}).await;
+    let alice = ts.user("alice");
+    let mut ws = open(&ts).await;
+    let (nonce, timestamp) = (rand::random(), now());
+    send(&mut ws, &signed(&alice, Command::Cnn { id: alice.id, batch: false, bind: true }, nonce, timestamp)).await;
+    // The same path as TCP (PROTOCOL.md §7.10): every frame from the UCNN on,
+    // the last fatal ERR included, under the derived key and not the account's.
+    let derived = alice.key.server_key(nonce, timestamp).mac();
+    let under = |mac: &sigil_proto::wire::FrameMac, f: &Frame| {
+        f.signature.as_ref().is_some_and(|tag| mac.verify(f.command.as_bytes(), &f.payload, tag))
+    };
+    let ucnn = frame(&mut ws).await.expect("UCNN");
+    assert_eq!(ucnn.command.as_str(), "UCNN");
+    send(&mut ws, &signed(&alice, Command::Info, 1, now())).await;
+    let sinfo = frame(&mut ws).await.expect("SINFO");
+    assert_eq!(sinfo.command.as_str(), "SINFO");
+    send(&mut ws, b"KALIVE\n1\n\n\x80").await;
+    let last = frame(&mut ws).await.expect("ERR");
+    assert_eq!(err_of(&last).code, "bad_signature");
+    for f in [&ucnn, &sinfo, &last] {
+        assert!(under(&derived, f) && !under(&alice.key.mac(), f), "{} under the derived key only", f.command);
+    }
 }

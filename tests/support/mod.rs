@@ -233,7 +233,7 @@ impl Raw {
 
     /// Authenticates with a fresh nonce; returns the UCNN frame.
     pub async fn authenticate(&mut self, cred: &Credentials) -> Frame {
-        self.send_request(cred, Command::Cnn { id: cred.id, batch: false }, rand::random(), now()).await;
+        self.send_request(cred, Command::Cnn { id: cred.id, batch: false, bind: false }, rand::random(), now()).await;
         let f = self.frame().await.expect("UCNN");
         assert_eq!(f.command.as_str(), "UCNN", "{f:?}");
         f

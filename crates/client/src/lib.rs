@@ -1,6 +1,12 @@
 //! The client library: connect, authenticate, send typed commands, receive
 //! typed events with their tags verified. The tests and `sigil client` use
 //! it; `tools` holds the `frame`/`decode` helpers.
+//!
+//! A client asks for server frame binding (PROTOCOL.md §7.10) unless told not
+//! to ([`Binding`]): the server then signs the session's frames with a key
+//! derived from its `CNN`, so a frame reflected from the client's own or
+//! replayed from another session fails its tag. [`SessionInfo`] says whether
+//! the server did, which is what makes a fatal `ERR` trustworthy.
 
 pub mod agent;
 pub mod credentials;
@@ -25,8 +31,8 @@ use tokio_util::codec::FramedRead;
 pub use credentials::Credentials;
 pub use tls::{Endpoint, TlsClientOptions};
 
-use sigil_proto::event::ErrPayload;
-use sigil_proto::wire::{Frame, FrameCodec, FrameError, FrameMac};
+use sigil_proto::event::{ErrPayload, UserPresence};
+use sigil_proto::wire::{Frame, FrameCodec, FrameError, FrameMac, SecretKey};
 use sigil_proto::{Command, Envelope, Request, ServerEvent};
 
 /// A client-side failure.
@@ -68,6 +74,10 @@ pub enum ClientError {
     /// A TLS setting (a CA file) cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The session had to be bound ([`Binding::Require`]) and the server did
+    /// not bind it (PROTOCOL.md §7.10).
+    #[error("the server did not bind the session to its CNN (PROTOCOL.md §7.10)")]
+    NotBound,
 }
 
 /// The read half of a connection: plain TCP (the load generator's path, no
@@ -129,10 +139,43 @@ pub fn encode_request(mac: Option<&FrameMac>, command: Command, now: u64, buf: &
 
 pub use sigil_proto::command::write_request;
 
+/// Whether a client asks for server frame binding (PROTOCOL.md §7.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// Do not ask: the session is signed as in V0, with the account key.
+    Off,
+    /// Ask, and take the account key for the session when the server's
+    /// `UCNN` says it did not bind (a server without the extension).
+    #[default]
+    Prefer,
+    /// Ask, and refuse a session the server did not bind
+    /// ([`ClientError::NotBound`]): no downgrade (§7.10).
+    Require,
+}
+
+/// What a client knows of its session once authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The nonce and timestamp of the `CNN` that opened it.
+    pub cnn: Envelope,
+    /// The server bound it (PROTOCOL.md §7.10): every frame received in it
+    /// verified under a key only this session has, so none is reflected or
+    /// replayed from another session, and a fatal `ERR` is fresh.
+    pub bound: bool,
+}
+
 /// The receiving half of a connection.
 pub struct ClientReader {
     framed: FramedRead<ReadStream, FrameCodec>,
+    /// What frames are checked with: the account key's MAC, then, once our
+    /// own `UCNN` says the session is bound, the session key's.
     mac: FrameMac,
+    /// The session key's MAC, when we asked for binding, until our `UCNN` says
+    /// whether the server bound the session.
+    bound_mac: Option<FrameMac>,
+    /// Refuse a session the server did not bind.
+    require_bind: bool,
+    session: SessionInfo,
     /// Set once our own UCNN arrived; from then on every frame must be signed.
     authenticated: bool,
     /// Tags are checked unless a load generator turned it off (see [`ClientReader::trust_tags`]).
@@ -152,11 +195,37 @@ impl ClientReader {
     /// decodes only the fields it needs (the load generator's hot path).
     pub async fn recv_frame(&mut self) -> Result<Option<Frame>, ClientError> {
         let Some(frame) = self.framed.next().await.transpose()? else { return Ok(None) };
+        if !self.authenticated && frame.command.as_str() == "UCNN" {
+            self.choose_key(&frame)?;
+        }
         self.check(&frame)?;
         if frame.command.as_str() == "UCNN" {
             self.authenticated = true;
         }
         Ok(Some(frame))
+    }
+
+    /// What this session is: its `CNN`, and whether the server bound it.
+    pub fn session(&self) -> SessionInfo {
+        self.session
+    }
+
+    /// Our own `UCNN` (the first signed frame of a session) says whether the
+    /// server bound the session; from it on, frames are checked with that key
+    /// alone (PROTOCOL.md §7.10). Its `bind` is read before its tag is
+    /// checked, with the key it names: a `bind` an attacker could change is
+    /// inside that tag.
+    fn choose_key(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        let Some(bound) = self.bound_mac.take() else { return Ok(()) };
+        let said_bound = ServerEvent::decode(frame.command.as_str(), &frame.payload)
+            .is_ok_and(|e| matches!(e, ServerEvent::Ucnn(UserPresence { bind: true, .. })));
+        if said_bound {
+            self.mac = bound;
+            self.session.bound = true;
+        } else if self.require_bind {
+            return Err(ClientError::NotBound);
+        }
+        Ok(())
     }
 
     /// Stops checking tags (a tag must still be present once authenticated).
@@ -169,6 +238,10 @@ impl ClientReader {
     fn check(&self, frame: &Frame) -> Result<(), ClientError> {
         let command = frame.command.as_str();
         let valid = match &frame.signature {
+            // The server signs nothing before our UCNN (PROTOCOL.md §2): a
+            // signed frame there is replayed, e.g. a harvested ERR
+            // session_replaced answering a reconnection.
+            Some(_) if !self.authenticated && command != "UCNN" => false,
             Some(_) if !self.verify => true,
             Some(tag) => self.mac.verify(frame.command.as_bytes(), &frame.payload, tag),
             None => command == "ERR" && !self.authenticated,
@@ -221,11 +294,13 @@ pub struct ConnectOptions {
     /// Ask for the batched forms of `CH_MSG_ACK` and `CH_MSG_COMMIT`
     /// (PROTOCOL.md §7.9); the client must then read their `ids`.
     pub batch: bool,
+    /// Ask for server frame binding (PROTOCOL.md §7.10); asked by default.
+    pub binding: Binding,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { max_payload: sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD, batch: false }
+        Self { max_payload: sigil_proto::wire::codec::DEFAULT_MAX_PAYLOAD, batch: false, binding: Binding::default() }
     }
 }
 
@@ -313,17 +388,26 @@ impl Client {
         credentials: &Credentials,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        let ConnectOptions { max_payload, batch } = options;
+        let ConnectOptions { max_payload, batch, binding } = options;
         let mac = credentials.key.mac();
+        let cnn = Envelope { nonce: new_nonce(), timestamp: now_unix() };
+        let bind = binding != Binding::Off;
+        // Derived before the CNN goes out: its nonce and timestamp are the input.
+        let bound_mac = bind.then(|| server_mac(&credentials.key, cnn));
         // Every server frame fits the server's max_payload (PROTOCOL.md §1.3).
         let mut reader = ClientReader {
             framed: FramedRead::new(read, FrameCodec::new(max_payload)),
             mac: mac.clone(),
+            bound_mac,
+            require_bind: binding == Binding::Require,
+            session: SessionInfo { cnn, bound: false },
             authenticated: false,
             verify: true,
         };
         let mut writer = ClientWriter { write, mac, buf: BytesMut::new() };
-        writer.send(Command::Cnn { id: credentials.id, batch }).await?;
+        let request = Request { envelope: cnn, command: Command::Cnn { id: credentials.id, batch, bind } };
+        write_request(Some(&writer.mac), &request, &mut writer.buf);
+        writer.flush().await?;
         match reader.recv().await? {
             Some(ServerEvent::Ucnn(me)) if me.id == credentials.id => {}
             Some(ServerEvent::Err(e)) => return Err(ClientError::Refused(e)),
@@ -352,6 +436,16 @@ impl Client {
     pub fn split(self) -> (ClientReader, ClientWriter) {
         (self.reader, self.writer)
     }
+
+    /// What this session is: its `CNN`, and whether the server bound it.
+    pub fn session(&self) -> SessionInfo {
+        self.reader.session()
+    }
+}
+
+/// The MAC a bound session's frames are checked with (PROTOCOL.md §7.10).
+pub fn server_mac(key: &SecretKey, cnn: Envelope) -> FrameMac {
+    key.server_key(cnn.nonce, cnn.timestamp).mac()
 }
 
 /// Unix time in seconds, as requests are stamped (PROTOCOL.md §4).

@@ -121,7 +121,7 @@ impl Limits {
             skew_s: self.skew_s,
             max_payload: self.max_payload as u64,
             min_online: self.min_online,
-            features: vec![sigil_proto::event::FEATURE_BATCH.to_owned()],
+            features: [sigil_proto::event::FEATURE_BATCH, sigil_proto::event::FEATURE_BIND].map(str::to_owned).to_vec(),
         }
     }
 }

@@ -34,6 +34,13 @@ pub enum SessionOutput {
         envelope: Envelope,
         /// The session asked for batched frames (PROTOCOL.md §7.9).
         batch: bool,
+        /// The session asked for server frame binding (PROTOCOL.md §7.10).
+        bind: bool,
+        /// What the server signs this session's frames with once the relay
+        /// accepts it: the account key's MAC state (the one that checks the
+        /// session's frames, shared), or with `bind` the key derived from this
+        /// `CNN` (§7.10), which no client frame is signed with.
+        signer: Arc<FrameMac>,
     },
     /// A verified request from the authenticated account.
     Request(Request),
@@ -60,7 +67,8 @@ pub struct AccountKey {
 enum State {
     Connected,
     // Boxed: the MAC state is large and most of a session's life is spent authenticated.
-    // Shared: the connection's writer signs with the same keyed state.
+    // Shared: the connection's writer signs with the same keyed state, unless
+    // the session is bound (§7.10).
     Authenticated { account: Ulid, mac: Arc<FrameMac> },
 }
 
@@ -85,7 +93,10 @@ impl Session {
         }
     }
 
-    /// The MAC state for signing frames to this session, once authenticated.
+    /// The MAC state this session's frames are checked with (the account
+    /// key's), once authenticated. The server signs with
+    /// [`SessionOutput::Authenticate`]'s `signer`, which differs for a bound
+    /// session (PROTOCOL.md §7.10).
     pub fn mac(&self) -> Option<&Arc<FrameMac>> {
         match &self.state {
             State::Connected => None,
@@ -160,21 +171,31 @@ impl Session {
                     // A malformed CNN is not fatal: the client may retry before the CNN timeout.
                     Err(failure) => return Ok(SessionOutput::Reject { envelope: None, error: failure.error }),
                 };
-                let Command::Cnn { id, batch } = request.command else { return Err(failed()) };
+                let Command::Cnn { id, batch, bind } = request.command else { return Err(failed()) };
                 let tag = frame.signature.as_ref().ok_or_else(failed)?;
                 // Unknown id and bad tag must look the same; verify against a
                 // throwaway key for unknown ids so timing does not tell either.
-                let (mac, rev, known) = match lookup(&id) {
-                    Some(k) => (k.key.mac(), k.rev, true),
-                    None => (SecretKey::from_bytes([0; 32]).mac(), 0, false),
+                let (key, rev, known) = match lookup(&id) {
+                    Some(k) => (k.key, k.rev, true),
+                    None => (SecretKey::from_bytes([0; 32]), 0, false),
                 };
+                let mac = key.mac();
                 let ok = mac.verify(frame.command.as_bytes(), &frame.payload, tag);
                 if !(ok && known) {
                     return Err(failed());
                 }
-                self.check_time(request.envelope, now)?;
-                self.state = State::Authenticated { account: id, mac: Arc::new(mac) };
-                Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope: request.envelope, batch })
+                let envelope = request.envelope;
+                self.check_time(envelope, now)?;
+                let mac = Arc::new(mac);
+                // Derived once per session, here where the key is at hand; the
+                // session itself keeps only the account key's state.
+                let signer = if bind {
+                    Arc::new(key.server_key(envelope.nonce, envelope.timestamp).mac())
+                } else {
+                    Arc::clone(&mac)
+                };
+                self.state = State::Authenticated { account: id, mac };
+                Ok(SessionOutput::Authenticate { account: id, key_rev: rev, envelope, batch, bind, signer })
             }
             other => {
                 Err(ProtoError::new(ErrorCode::NotAuthenticated, format!("{other} before CNN: authenticate first")))

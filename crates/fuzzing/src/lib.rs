@@ -280,7 +280,7 @@ impl SessionWorld {
         let body = |b: &Vec<u8>| Body::binary(b.clone());
         let users = |v: &Vec<u8>| v.iter().map(|&u| self.user(u)).collect::<Vec<_>>();
         match c {
-            FuzzCommand::Cnn(u) => Command::Cnn { id: self.user(*u), batch: false },
+            FuzzCommand::Cnn(u) => Command::Cnn { id: self.user(*u), batch: false, bind: false },
             FuzzCommand::Kalive => Command::Kalive,
             FuzzCommand::Dcnn => Command::Dcnn,
             FuzzCommand::Info => Command::Info,
@@ -374,8 +374,8 @@ impl SessionWorld {
                 Input::Closed { conn }
             }
             Ok(SessionOutput::Info) => return,
-            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
-                Input::Open { conn, account, key_rev, envelope, batch }
+            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch, bind, .. }) => {
+                Input::Open { conn, account, key_rev, envelope, batch, bind }
             }
             Ok(SessionOutput::Reject { envelope, error }) => Input::Reject { conn, envelope, error },
             Ok(SessionOutput::Request(request)) => Input::Request { conn, request },
@@ -419,7 +419,7 @@ pub fn session(data: &[u8]) {
                     w.nonce += 1;
                     let (name, payload) = Request {
                         envelope: Envelope { nonce: w.nonce, timestamp: w.now },
-                        command: sigil_proto::Command::Cnn { id, batch: false },
+                        command: sigil_proto::Command::Cnn { id, batch: false, bind: false },
                     }
                     .encode();
                     w.frame(u, name, payload);

@@ -74,13 +74,17 @@ pub struct Sinfo {
     pub max_payload: u64,
     /// Online members a channel needs to be healthy.
     pub min_online: u64,
-    /// Protocol extensions this server speaks (PROTOCOL.md §7.9): `"batch"`.
+    /// Protocol extensions this server speaks: `"batch"` (PROTOCOL.md §7.9),
+    /// `"bind"` (§7.10).
     #[serde(default)]
     pub features: Vec<String>,
 }
 
 /// The extension of batched acks and commits (PROTOCOL.md §7.9), as named in `SINFO.features`.
 pub const FEATURE_BATCH: &str = "batch";
+
+/// The server frame binding extension (PROTOCOL.md §7.10), as named in `SINFO.features`.
+pub const FEATURE_BIND: &str = "bind";
 
 /// `UCNN` / `UDCNN` payload: a user came online / went offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +93,10 @@ pub struct UserPresence {
     pub id: Ulid,
     /// The account name.
     pub name: String,
+    /// Only in a session's own `UCNN`, and only true: the server took the
+    /// session's `bind` and signs it with the derived key (PROTOCOL.md §7.10).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bind: bool,
 }
 
 /// `UCNN`: a user connected.

@@ -6,11 +6,12 @@
 //! deadline and the rate bucket. Every close the reader decides on (end of
 //! stream, a fatal error, a timeout) also goes through the hub, so it takes
 //! effect after the replies to the frames read before it. The writer signs
-//! each frame with the recipient's pre-keyed MAC (or takes its tag from a
-//! fan-out run) and coalesces what is queued into one write. This module must
-//! not know what carries the bytes (TCP, TLS, a WebSocket): one session code
-//! path serves them all. The hub never waits on a connection: a queue over
-//! its frame or byte bound is a slow consumer.
+//! each frame with the recipient's pre-keyed MAC (the account key's, or for a
+//! bound session the key derived from its `CNN`, PROTOCOL.md §7.10), or takes
+//! its tag from a fan-out run, and coalesces what is queued into one write.
+//! This module must not know what carries the bytes (TCP, TLS, a WebSocket):
+//! one session code path serves them all. The hub never waits on a
+//! connection: a queue over its frame or byte bound is a slow consumer.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -249,16 +250,16 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
                 reply_before_auth(&handle, shared.sinfo_unsigned.clone());
                 continue;
             }
-            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch }) => {
-                if let Some(mac) = session.mac() {
-                    handle.set_pending_mac(Arc::clone(mac));
-                }
+            Ok(SessionOutput::Authenticate { account, key_rev, envelope, batch, bind, signer }) => {
+                // Every frame to the session is signed with it from its UCNN
+                // on, whatever the transport: ERRs, SINFO and fan-out runs too.
+                handle.set_pending_mac(signer);
                 framed.decoder_mut().set_max_payload(limits.max_payload);
                 name =
                     shared.directory.read().ok().and_then(|d| d.get(&account).map(|e| e.1.clone())).unwrap_or_default();
                 tracing::info!(conn = conn.0, %peer, %account, %name, "authenticated");
                 deadline = Instant::now() + idle;
-                Input::Open { conn, account, key_rev, envelope, batch }
+                Input::Open { conn, account, key_rev, envelope, batch, bind }
             }
             Ok(SessionOutput::Reject { error, .. }) if !was_authenticated => {
                 reply_before_auth(&handle, Outbound::error(&error).unsigned());

@@ -245,6 +245,7 @@ pub async fn run(endpoint: &Endpoint, cred: &Credentials, options: Options) -> R
     let clock = Clock(Instant::now());
     let mut chat = Chat::new(cred.id, &cred.name, rand::random(), seen);
     // Connect once before taking over the terminal: a wrong address or key is an error on the command line.
+    // Each session asks for server frame binding (the default, PROTOCOL.md §7.10).
     let connect = || Client::connect_to(endpoint, cred, ConnectOptions { batch: true, ..ConnectOptions::default() });
     let first = match tokio::time::timeout(CONNECT_TIMEOUT, connect()).await {
         Ok(r) => r?,
@@ -349,8 +350,10 @@ where
         ui.show(chat, clock.ms());
         let why = match tokio::time::timeout(CONNECT_TIMEOUT, connect()).await {
             Ok(Ok(c)) => return Ok(Some(c)),
+            // A refusal of CNN is unsigned (PROTOCOL.md §2): anyone on the path
+            // could have sent it, so it does not end the client for good.
             Ok(Err(ClientError::Refused(e))) if FATAL.contains(&e.code.as_str()) => {
-                return Err(ClientError::Ended(chat.fatal_reason(&e).unwrap_or_else(|| e.reason.clone())));
+                format!("refused: {} ({}; unsigned, so trying again)", e.code, e.reason)
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer in {}s", CONNECT_TIMEOUT.as_secs()),
@@ -392,6 +395,7 @@ async fn session(
     first: bool,
 ) -> Result<End, ClientError> {
     let (mut reader, mut writer) = client.split();
+    chat.session_started(reader.session());
     let start = chat.connected(&clock.now(), first);
     if send(chat, &mut writer, start).await.is_err() {
         return Ok(End::Lost("write failed".into()));
@@ -414,7 +418,15 @@ async fn session(
                 Ok(Some(event)) => {
                     if let ServerEvent::Err(e) = &event {
                         if let Some(why) = chat.fatal_reason(e) {
-                            return Err(ClientError::Ended(why));
+                            // Fresh only in a bound session (PROTOCOL.md §7.10).
+                            if reader.session().bound {
+                                return Err(ClientError::Ended(why));
+                            }
+                            chat.unverified_fatal(e, &clock.now());
+                            if !ui.show(chat, clock.ms()) {
+                                return Ok(End::Quit);
+                            }
+                            continue;
                         }
                     }
                     if let ServerEvent::Sinfo(s) = &event {

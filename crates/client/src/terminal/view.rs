@@ -16,6 +16,10 @@ use ulid::Ulid;
 use super::commands::{self, Line};
 use super::seen::Seen;
 use crate::agent::Agent;
+use crate::SessionInfo;
+
+/// The skew window assumed until the server's `SINFO` says (PROTOCOL.md §4.1's default).
+const DEFAULT_SKEW_S: u64 = 30;
 
 /// What a window shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -285,6 +289,11 @@ pub struct Chat {
     outbox: Vec<String>,
     /// The reference behaviour.
     pub agent: Agent,
+    /// The session under way, once connected: a `MSG` stamped before it
+    /// began is a replay when the server did not bind it (PROTOCOL.md §7.10).
+    session: Option<SessionInfo>,
+    /// The server's `skew_s`, once its `SINFO` said.
+    skew_s: u64,
 }
 
 /// Fatal `ERR` codes: the client ends (reconnecting would not help, or
@@ -331,6 +340,8 @@ impl Chat {
             server_name: String::new(),
             outbox: Vec::new(),
             agent: Agent::new(me, seed),
+            session: None,
+            skew_s: DEFAULT_SKEW_S,
         }
     }
 
@@ -655,6 +666,36 @@ impl Chat {
         self.switched(now, send);
     }
 
+    /// The session that is starting: what [`Chat::connected`] follows.
+    pub fn session_started(&mut self, session: SessionInfo) {
+        self.session = Some(session);
+    }
+
+    /// A `MSG` stamped this far back was sent before the session began:
+    /// private messages go to online sessions only (PROTOCOL.md §6.1), and
+    /// the server stamps them at relay time, at most `skew_s` before the
+    /// `CNN` timestamp it accepted. In a bound session no replay verifies,
+    /// so none is looked for.
+    fn sent_before_session(&self, timestamp: u64) -> bool {
+        match self.session {
+            Some(s) if !s.bound => timestamp.saturating_add(self.skew_s) < s.cnn.timestamp,
+            _ => false,
+        }
+    }
+
+    /// A fatal `ERR` arrived in a session the server did not bind: it may
+    /// be one recorded in an earlier session, so it does not end the client
+    /// (PROTOCOL.md §7.10); if the server did end the session, it closes the
+    /// connection and the client reconnects.
+    pub fn unverified_fatal(&mut self, e: &ErrPayload, now: &Now) {
+        let text = format!(
+            "* the server sent ERR {} ({}), but this session is not bound to its sign-in (the server \
+             does not speak §7.10), so it may be a replay from an earlier session: carrying on",
+            e.code, e.reason
+        );
+        self.error(Target::Status, now, text);
+    }
+
     /// What ends the client for this `ERR`, in words, if it is fatal.
     pub fn fatal_reason(&self, e: &ErrPayload) -> Option<String> {
         let me = self.name(&self.me);
@@ -760,9 +801,23 @@ impl Chat {
 
     /// Handles one server event; returns the commands to send.
     pub fn on_event(&mut self, event: ServerEvent, now: &Now) -> Vec<Command> {
+        if let ServerEvent::Msg(m) = &event {
+            if self.sent_before_session(m.timestamp) {
+                // Neither shown nor acknowledged: a replay has no delivery on record.
+                let text = format!(
+                    "* a private message from {} stamped {} was sent before this session began: \
+                     a replay, not shown",
+                    self.name(&m.from),
+                    local_time_of(m.timestamp)
+                );
+                self.error(Target::Status, now, text);
+                return Vec::new();
+            }
+        }
         let mut send = self.agent.on_event(&event, now.ms);
         match event {
             ServerEvent::Sinfo(s) => {
+                self.skew_s = s.skew_s;
                 self.max_payload = usize::try_from(s.max_payload).unwrap_or(usize::MAX);
                 self.server_name.clone_from(&s.server_name);
                 let text = format!(
@@ -1714,7 +1769,10 @@ pub(crate) mod tests {
         let seen = Seen { last: [(ch, Ulid::from(51u128))].into() };
         let mut c = Chat::new(me, "alice", 1, seen);
         c.connected(&at(0), true);
-        c.on_event(ServerEvent::Ucnn(sigil_proto::event::UserPresence { id: bob, name: "bob".into() }), &at(0));
+        c.on_event(
+            ServerEvent::Ucnn(sigil_proto::event::UserPresence { id: bob, name: "bob".into(), bind: false }),
+            &at(0),
+        );
         c.on_event(status(ch, Some(bob), 2), &at(0));
         c.drain_outbox();
         let page = ChAppend {
@@ -1852,6 +1910,66 @@ pub(crate) mod tests {
         assert!(c.fatal_reason(&e).is_some_and(|w| w.contains("alice signed in from another client")));
         let e = ErrPayload { code: "channel_unhealthy".into(), ..e };
         assert_eq!(c.fatal_reason(&e), None);
+    }
+
+    #[test]
+    fn a_private_message_is_shown_once_and_one_sent_before_a_plain_session_not_at_all() {
+        let (_, bob, _) = ids();
+        let mut c = alice_in_general();
+        let start = 1_800_000_000;
+        c.session_started(SessionInfo { cnn: sigil_proto::Envelope { nonce: 1, timestamp: start }, bound: false });
+        c.drain_outbox();
+        let msg = |id: u128, timestamp: u64| {
+            ServerEvent::Msg(sigil_proto::event::Msg {
+                from: bob,
+                msg_id: Ulid::from(id),
+                msg: Body::text("hi"),
+                timestamp,
+            })
+        };
+        let ack = |id: u128| Command::AckMsg { from: bob, msg_id: Ulid::from(id) };
+        // Live: shown and acknowledged.
+        assert!(c.on_event(msg(9, start + 1), &at(1)).contains(&ack(9)));
+        assert_eq!(c.drain_outbox().len(), 1);
+        // The same msg_id again (its sender resent it, or a replay): acknowledged, never shown twice.
+        assert!(c.on_event(msg(9, start + 2), &at(2)).contains(&ack(9)));
+        assert_eq!(c.drain_outbox(), Vec::<String>::new());
+        // Stamped more than skew_s before the session's CNN: sent before it began, so a
+        // replay from an earlier session; neither shown nor acknowledged.
+        assert_eq!(c.on_event(msg(10, start - 31), &at(3)), Vec::new());
+        let said = c.drain_outbox();
+        assert!(said.len() == 1 && said[0].contains("before this session began"), "{said:?}");
+        assert!(c.windows().iter().all(|w| w.target != Target::Private(bob) || w.entries.len() == 1));
+        // Within skew_s of it: the server's clock may be behind ours.
+        assert!(c.on_event(msg(11, start - 30), &at(4)).contains(&ack(11)));
+        assert!(c.drain_outbox()[0].contains("(private) hi"));
+        // The server's skew_s, once known, is the margin.
+        let sinfo = sigil_proto::event::Sinfo {
+            protocol_version: 0,
+            server_name: "s".into(),
+            version: "0".into(),
+            timeout_s: 180,
+            cnn_timeout_s: 10,
+            skew_s: 120,
+            max_payload: 65_536,
+            min_online: 1,
+            features: Vec::new(),
+        };
+        c.on_event(ServerEvent::Sinfo(sinfo), &at(5));
+        assert!(c.on_event(msg(12, start - 100), &at(6)).contains(&ack(12)));
+        // In a bound session no replay verifies: stamps are not looked at.
+        c.session_started(SessionInfo { cnn: sigil_proto::Envelope { nonce: 2, timestamp: start }, bound: true });
+        assert!(c.on_event(msg(13, start - 1000), &at(7)).contains(&ack(13)));
+    }
+
+    #[test]
+    fn a_fatal_err_in_a_session_that_is_not_bound_is_said_to_be_unverified() {
+        let mut c = alice_in_general();
+        c.drain_outbox();
+        let e = ErrPayload { code: "session_replaced".into(), reason: "r".into(), nonce_ref: None, msg_id: None };
+        c.unverified_fatal(&e, &at(1));
+        let said = c.drain_outbox();
+        assert!(said.len() == 1 && said[0].contains("session_replaced") && said[0].contains("carrying on"), "{said:?}");
     }
 
     #[test]
@@ -2074,7 +2192,10 @@ pub(crate) mod tests {
         let seen = Seen { last: [(ch, Ulid::from(51u128))].into() };
         let mut c = Chat::new(me, "alice", 1, seen);
         c.connected(&at(0), true);
-        c.on_event(ServerEvent::Ucnn(sigil_proto::event::UserPresence { id: bob, name: "bob".into() }), &at(0));
+        c.on_event(
+            ServerEvent::Ucnn(sigil_proto::event::UserPresence { id: bob, name: "bob".into(), bind: false }),
+            &at(0),
+        );
         assert!(c.on_event(status(ch, Some(bob), 2), &at(0)).contains(&Command::ChPull { id: ch, anchor: None }));
         // Before the pull's answer: a live message, committed.
         c.on_event(msg(ch, bob, 60, "live"), &at(1));

@@ -141,8 +141,8 @@ impl Relay {
         }
         match input {
             Input::Flush => {}
-            Input::Open { conn, account, key_rev, envelope, batch } => {
-                self.open(conn, account, key_rev, envelope, now, out);
+            Input::Open { conn, account, key_rev, envelope, batch, bind } => {
+                self.open(conn, account, key_rev, envelope, bind, now, out);
                 if batch {
                     self.presence.set_batching(conn);
                 }
@@ -236,8 +236,19 @@ impl Relay {
     }
 
     /// A connection passed CNN's signature and time checks: check the key
-    /// revision and nonce, replace an older session, announce it.
-    fn open(&mut self, conn: ConnId, account: Ulid, key_rev: u64, envelope: Envelope, now: u64, out: &mut Vec<Effect>) {
+    /// revision and nonce, replace an older session, announce it. A `bind`
+    /// session's own `UCNN` says that it is bound (§7.10).
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        conn: ConnId,
+        account: Ulid,
+        key_rev: u64,
+        envelope: Envelope,
+        bind: bool,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
         let refuse = |e: ProtoError, out: &mut Vec<Effect>| {
             out.push(Effect::Close { conn, last: Some(Outbound::error(&e).unsigned()) });
         };
@@ -253,8 +264,10 @@ impl Relay {
             self.end_session(old, Some(Outbound::error(&e)), out);
         }
         self.presence.start(conn, account);
-        let ucnn = Outbound::event(&Ucnn(UserPresence { id: account, name }));
-        out.push(Effect::Send { conn, frame: ucnn.clone() });
+        // The session's own UCNN confirms the binding; everyone else gets the plain one.
+        let own = bind.then(|| Outbound::event(&Ucnn(UserPresence { id: account, name: name.clone(), bind: true })));
+        let ucnn = Outbound::event(&Ucnn(UserPresence { id: account, name, bind: false }));
+        out.push(Effect::Send { conn, frame: own.unwrap_or_else(|| ucnn.clone()) });
         self.broadcast(ucnn, Some(conn), out);
         // Then one CH_STATUS per channel it is a member of (and recounts for the others).
         self.channels.session_up(account, outbox!(self, out));
@@ -268,7 +281,7 @@ impl Relay {
         let Some(account) = self.presence.stop(conn) else { return };
         out.push(Effect::Close { conn, last });
         let name = self.presence.name_of(&account);
-        self.broadcast(Outbound::event(&Udcnn(UserPresence { id: account, name })), None, out);
+        self.broadcast(Outbound::event(&Udcnn(UserPresence { id: account, name, bind: false })), None, out);
         self.channels.session_down(account, outbox!(self, out));
     }
 
@@ -350,7 +363,8 @@ mod tests {
             relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut out);
             let envelope = Envelope { nonce: 1000 + i as u64, timestamp: now };
             // users[0] (the leader) asks for batches; the sender users[1] does not.
-            relay.step(Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: i == 0 }, now, &mut out);
+            let open = Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: i == 0, bind: false };
+            relay.step(open, now, &mut out);
         }
         request(&mut relay, &mut out, 0, Command::ChNew { name: "c".into() });
         let channel = relay.channels.by_id.keys().next().copied().expect("created");
@@ -437,7 +451,11 @@ mod tests {
         for (i, &id) in users.iter().enumerate() {
             relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut out);
             let envelope = Envelope { nonce: 1000 + i as u64, timestamp: now };
-            relay.step(Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: false }, now, &mut out);
+            relay.step(
+                Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: false, bind: false },
+                now,
+                &mut out,
+            );
         }
         request(&mut relay, &mut out, 0, Command::ChNew { name: "c".into() });
         let channel = relay.channels.by_id.keys().next().copied().expect("created");

@@ -28,6 +28,9 @@ pub enum Input {
         envelope: Envelope,
         /// The session takes batched frames (PROTOCOL.md §7.9).
         batch: bool,
+        /// The shell signs the session with the key derived from its `CNN`
+        /// (PROTOCOL.md §7.10): its own `UCNN` says so.
+        bind: bool,
     },
     /// A verified request on an authenticated connection.
     Request {

@@ -178,16 +178,19 @@ macro_rules! command_table {
 }
 
 command_table! {
-    /// `CNN {id, batch}`: authenticate as account `id`.
+    /// `CNN {id, batch, bind}`: authenticate as account `id`.
     Cnn {
         /// The account.
         id: Ulid,
         /// The session takes the batched forms of `CH_MSG_ACK` and
         /// `CH_MSG_COMMIT` (batching extension, PROTOCOL.md §7.9).
         batch: bool,
+        /// The server signs this session's frames with a key derived from
+        /// this `CNN` (server frame binding, PROTOCOL.md §7.10).
+        bind: bool,
     } = "CNN", Session, Unauthenticated, fatal: true,
-        parse(p) { let w: CnnBody = de(p)?; Ok(Command::Cnn { id: w.id, batch: w.batch }) },
-        encode { named(CnnBody { id: *id, batch: *batch }) };
+        parse(p) { let w: CnnBody = de(p)?; Ok(Command::Cnn { id: w.id, batch: w.batch, bind: w.bind }) },
+        encode { named(CnnBody { id: *id, batch: *batch, bind: *bind }) };
 
     /// `KALIVE {}`: keep the session alive.
     Kalive = "KALIVE", Presence, Authenticated, fatal: false,
@@ -479,8 +482,9 @@ mod tests {
     fn every_command_roundtrips() {
         let a = Ulid::from(7u128);
         let b = Ulid::from(9u128);
-        roundtrip(Command::Cnn { id: a, batch: false });
-        roundtrip(Command::Cnn { id: a, batch: true });
+        roundtrip(Command::Cnn { id: a, batch: false, bind: false });
+        roundtrip(Command::Cnn { id: a, batch: true, bind: false });
+        roundtrip(Command::Cnn { id: a, batch: false, bind: true });
         roundtrip(Command::Kalive);
         roundtrip(Command::Dcnn);
         roundtrip(Command::Info);
@@ -550,7 +554,7 @@ mod tests {
         assert_eq!(names.len(), COMMANDS.len(), "a name is declared twice");
         let a = Ulid::from(1u128);
         let samples = [
-            Command::Cnn { id: a, batch: false },
+            Command::Cnn { id: a, batch: false, bind: false },
             Command::Info,
             Command::ChAckReq { id: a, users: vec![] },
             Command::PvMsg { to: a, msg_id: a, msg: Body::text("x") },

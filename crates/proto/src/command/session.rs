@@ -13,4 +13,8 @@ pub(super) struct CnnBody {
     /// Batching extension (PROTOCOL.md §7.9): this session takes batched frames.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) batch: bool,
+    /// Server frame binding (PROTOCOL.md §7.10): sign this session's frames
+    /// with the key derived from this `CNN`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) bind: bool,
 }

@@ -2,7 +2,8 @@
 //!
 //! `tag = HMAC-SHA3-512(key, COMMAND || LF || PAYLOAD)`. The command name is inside
 //! the MAC so that a signed payload cannot be replayed under another command.
-//! Owns keys and tags; knows nothing of sessions or sockets.
+//! Owns keys and tags, and the derivation of a bound session's server key
+//! (PROTOCOL.md §7.10); knows nothing of sessions or sockets.
 
 use subtle::ConstantTimeEq;
 
@@ -11,6 +12,11 @@ use super::multimac::{self, KeyedStates};
 
 /// Length of an account secret in bytes.
 pub const KEY_LEN: usize = 32;
+
+/// The label that starts the input of a server key derivation (PROTOCOL.md
+/// §7.10). No frame's MAC input can start with it followed by a zero byte: a
+/// command name has no space and no zero byte.
+pub const SERVER_KEY_LABEL: &[u8] = b"sigil server v0";
 
 /// An account's 32-byte secret. Users see it as 64 hex digits.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,6 +60,19 @@ impl SecretKey {
     /// A pre-keyed MAC state for this key.
     pub fn mac(&self) -> FrameMac {
         FrameMac::new(self)
+    }
+
+    /// The key a server signs a bound session's frames with (server frame
+    /// binding, PROTOCOL.md §7.10): the first 32 bytes of
+    /// `HMAC-SHA3-512(key, "sigil server v0" || 0x00 || nonce || timestamp)`,
+    /// `nonce` and `timestamp` being the session's `CNN` envelope as 8-byte
+    /// big-endian integers. No client signs with it, and no other session has it.
+    pub fn server_key(&self, cnn_nonce: u64, cnn_timestamp: u64) -> SecretKey {
+        let tag =
+            self.mac().keyed.sign(&[SERVER_KEY_LABEL, &[0], &cnn_nonce.to_be_bytes(), &cnn_timestamp.to_be_bytes()]);
+        let mut bytes = [0u8; KEY_LEN];
+        bytes.copy_from_slice(&tag[..KEY_LEN]);
+        SecretKey(bytes)
     }
 }
 

@@ -7,4 +7,4 @@ pub mod mac;
 pub mod multimac;
 
 pub use codec::{encode_frame, frame_extent, CommandName, Frame, FrameCodec, FrameError, OutFrame, TAG_LEN};
-pub use mac::{sign_many, FrameMac, KeyError, SecretKey, KEY_LEN};
+pub use mac::{sign_many, FrameMac, KeyError, SecretKey, KEY_LEN, SERVER_KEY_LABEL};
