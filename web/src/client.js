@@ -1,20 +1,23 @@
 // The client: one account's life on a server, over any transport.
 //
-// It signs in (CNN), verifies every frame from the server, keeps the session
-// alive (KALIVE), runs the reference behaviour (agent.js) on a 100 ms timer,
-// keeps the chat model (chat.js) up to date, and reconnects with backoff and
-// jitter when the connection is lost. The transport is a function taking
-// handlers and returning {send, close}: a WebSocket in the browser
-// (connection.js), a TCP socket in node (node/tcp.js), frames being the same.
+// It signs in (CNN, asking for server frame binding, §7.10), verifies every
+// frame from the server, keeps the session alive (KALIVE), runs the reference
+// behaviour (agent.js) on a 100 ms timer, keeps the chat model (chat.js) up to
+// date, and reconnects with backoff and jitter when the connection is lost.
+// The transport is a function taking handlers and returning {send, close}: a
+// WebSocket in the browser (connection.js), a TCP socket in node
+// (node/tcp.js), frames being the same.
 
 import { Agent, cmd } from './agent.js';
 import { Chat } from './chat.js';
 import { encodeFrame } from './frame.js';
 import { encodePayload, decodePayload } from './payload.js';
 import { parseEvent, describeError, FATAL_CODES, FINAL_CODES } from './events.js';
-import { frameTag, verifyTag, bytesToHex, randomNonce, Stamper } from './sign.js';
+import { frameTag, verifyTag, bytesToHex, randomNonce, serverKey, Stamper } from './sign.js';
 
 const TICK_MS = 100;
+/** The skew window assumed until SINFO says (§4.1's default). */
+const DEFAULT_SKEW_S = 30;
 /** KALIVE every 30 s until SINFO gives timeout_s (§7.8). */
 const DEFAULT_KEEPALIVE_MS = 30_000;
 /** Give up on a connection that has not signed in by then. */
@@ -77,6 +80,15 @@ export class SigilClient {
 
     this.conn = null;
     this.authenticated = false;
+    /** The CNN of the session under way: {nonce, timestamp}. */
+    this.cnn = null;
+    /** What server frames are checked with: the account key, or once our UCNN says so the session key (§7.10). */
+    this.frameKey = this.cred.key;
+    /** The key derived from our CNN, until our UCNN says whether the server bound the session. */
+    this.sessionKey = null;
+    /** The server bound this session: every frame verified in it was sent to it, so a fatal ERR is fresh. */
+    this.bound = false;
+    this.skewS = DEFAULT_SKEW_S;
     this.sessions = 0;
     this.attempt = 0;
     this.outbox = [];
@@ -117,6 +129,9 @@ export class SigilClient {
     this.state = 'connecting';
     this.retryAt = null;
     this.authenticated = false;
+    this.bound = false;
+    this.frameKey = this.cred.key;
+    this.sessionKey = null;
     this._changed();
     const conn = {};
     const current = () => this.conn === conn;
@@ -140,8 +155,12 @@ export class SigilClient {
   }
 
   _onOpen() {
-    // CNN with batch: true, as the reference client (§7.9); everything else after our UCNN.
-    this._sendNow([cmd('CNN', { id: this.cred.id, batch: true })]);
+    // CNN with batch: true (§7.9) and bind: true (§7.10), as the reference client; everything
+    // else after our UCNN. The session key is derived from this CNN's nonce and timestamp.
+    const envelope = { nonce: randomNonce(), timestamp: this.stamper.stamp(this.clock.now()) };
+    this.cnn = envelope;
+    this.sessionKey = serverKey(this.cred.key, envelope.nonce, envelope.timestamp);
+    this._sendNow([cmd('CNN', { id: this.cred.id, batch: true, bind: true })], envelope);
   }
 
   /** Closes the current connection and goes through the usual reconnect path. */
@@ -229,7 +248,13 @@ export class SigilClient {
         this._abort(`unsigned ${frame.command}`);
         return;
       }
-    } else if (!verifyTag(this.cred.key, frame.command, frame.payload, frame.signature)) {
+    } else if (!this.authenticated && frame.command !== 'UCNN') {
+      // The server signs nothing before our UCNN: a signed frame there is a replay,
+      // such as an ERR session_replaced recorded in an earlier session.
+      this.problem = 'A message from an earlier session was replayed; reconnecting to be safe.';
+      this._abort(`signed ${frame.command} before our UCNN`);
+      return;
+    } else if (!verifyTag(this._keyFor(frame), frame.command, frame.payload, frame.signature)) {
       this.problem = 'A message from the server failed its signature check; reconnecting to be safe.';
       this._abort(`bad signature on ${frame.command}`);
       return;
@@ -250,7 +275,41 @@ export class SigilClient {
     this._changed();
   }
 
+  /**
+   * The key a signed frame is checked with. Our UCNN, the first signed frame of a
+   * session, says whether the server bound it (§7.10): with `bind: true` it and every
+   * frame after it are checked with the session key, none with the account key. The
+   * field is inside the tag of the key it names, so it cannot be changed unseen.
+   */
+  _keyFor(frame) {
+    if (!this.authenticated && this.sessionKey) {
+      let payload = null;
+      try {
+        payload = decodePayload(frame.payload);
+      } catch {
+        // Not a map: its tag is checked with the account key, and its parse fails later.
+      }
+      if (payload && payload.bind === true) {
+        this.frameKey = this.sessionKey;
+        this.bound = true;
+      }
+      this.sessionKey = null;
+    }
+    return this.frameKey;
+  }
+
+  /** A MSG stamped this far back was sent before this session began (private messages go to online sessions only). */
+  _sentBeforeSession(e) {
+    return !this.bound && this.cnn !== null && e.timestamp + this.skewS < Number(this.cnn.timestamp);
+  }
+
   _onEvent(e) {
+    if (e.type === 'MSG' && this._sentBeforeSession(e)) {
+      // A replay from an earlier session (§7.10): neither shown nor acknowledged.
+      this.log('warn', `a MSG stamped ${e.timestamp}, before this session began: not shown`);
+      this.chat.notify('A private message from before this session was replayed to you; it is not shown.');
+      return;
+    }
     if (e.type === 'UCNN' && e.id === this.cred.id && !this.authenticated) {
       this.authenticated = true;
       this.state = 'connected';
@@ -270,7 +329,10 @@ export class SigilClient {
       ctx = e.ref === null ? null : this.tracked.get(e.ref.toString()) ?? null;
       this._onError(e, ctx);
     }
-    if (e.type === 'SINFO') this._startTimers(Math.max(1, Math.floor(e.timeoutS / 3)) * 1000);
+    if (e.type === 'SINFO') {
+      this.skewS = e.skewS;
+      this._startTimers(Math.max(1, Math.floor(e.timeoutS / 3)) * 1000);
+    }
     if (e.type === 'CH_APPEND') this._pullAnswered(e);
     if (e.type === 'CH_MSG' && e.from === this.cred.id) this._learnClock(e.timestamp);
     const now = this.clock.mono();
@@ -278,10 +340,16 @@ export class SigilClient {
   }
 
   _onError(e, ctx) {
-    // The server reads its accounts again before refusing a CNN (§6.3): auth_failed is final at once.
-    if (FINAL_CODES.has(e.code)) {
+    // Final only when fresh (§7.10): in a bound session, where nothing from another session
+    // verifies; or refusing the first sign-in since start (the server reads its accounts
+    // again before refusing a CNN, §6.3). Otherwise it may be replayed: the server closes the
+    // connection if it was real, and the usual reconnecting follows.
+    const fresh = this.authenticated ? this.bound : this.sessions === 0;
+    if (FINAL_CODES.has(e.code) && fresh) {
       this.final = true;
       this.problem = describeError(e.code, e.reason);
+    } else if (FINAL_CODES.has(e.code)) {
+      this.problem = `${describeError(e.code, e.reason)} (This could not be checked to be about this session, so the page keeps trying.)`;
     } else if (FATAL_CODES.has(e.code)) {
       this.problem = describeError(e.code, e.reason);
       if (e.code === 'stale') this._askServerTime();
@@ -437,12 +505,14 @@ export class SigilClient {
     }
   }
 
-  _sendNow(commands) {
+  /** Signs and sends `commands`; `envelope` gives the nonce and timestamp (the CNN's), else fresh ones. */
+  _sendNow(commands, envelope = null) {
     const conn = this.conn;
     if (!conn) return;
     for (const c of commands) {
-      const nonce = randomNonce();
-      const fields = { ...c.fields, nonce, timestamp: this.stamper.stamp(this.clock.now()) };
+      const nonce = envelope ? envelope.nonce : randomNonce();
+      const timestamp = envelope ? envelope.timestamp : this.stamper.stamp(this.clock.now());
+      const fields = { ...c.fields, nonce, timestamp };
       let bytes;
       try {
         const payload = encodePayload(fields);
@@ -536,6 +606,7 @@ export class SigilClient {
     return {
       connected: this.state === 'connected',
       state: this.state,
+      bound: this.bound,
       problem: this.problem,
       retryAt: this.retryAt,
       ...this.chat.snapshot(),

@@ -1,5 +1,6 @@
 // Signatures (PROTOCOL.md §2): tag = HMAC-SHA3-512(key, COMMAND || 0x0A || PAYLOAD),
-// the key being the account's 32 secret bytes (not their hex text). Web Crypto
+// the key being the account's 32 secret bytes (not their hex text), or for a
+// session the server bound (§7.10) the key derived from its CNN. Web Crypto
 // has no SHA-3, hence @noble/hashes.
 
 import { hmac } from '@noble/hashes/hmac.js';
@@ -36,6 +37,27 @@ export function frameTag(key, command, payload) {
   mac.update(new Uint8Array([0x0a]));
   mac.update(payload);
   return mac.digest();
+}
+
+const SERVER_KEY_LABEL = utf8.encode('sigil server v0');
+
+/**
+ * The key a server signs a bound session's frames with (server frame binding,
+ * PROTOCOL.md §7.10): the first 32 bytes of
+ * HMAC-SHA3-512(key, "sigil server v0" || 0x00 || nonce || timestamp), the
+ * session's CNN nonce and timestamp as 8-byte big-endian integers.
+ * @param {Uint8Array} key the account's 32 bytes
+ * @param {bigint|number} nonce
+ * @param {bigint|number} timestamp
+ * @returns {Uint8Array} 32 bytes
+ */
+export function serverKey(key, nonce, timestamp) {
+  const data = new Uint8Array(SERVER_KEY_LABEL.length + 1 + 16);
+  data.set(SERVER_KEY_LABEL, 0);
+  const view = new DataView(data.buffer);
+  view.setBigUint64(SERVER_KEY_LABEL.length + 1, BigInt(nonce));
+  view.setBigUint64(SERVER_KEY_LABEL.length + 9, BigInt(timestamp));
+  return hmac(sha3_512, key, data).slice(0, 32);
 }
 
 /** Checks a received tag in constant time (its length is not secret). */

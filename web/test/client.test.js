@@ -12,7 +12,7 @@ import { defaultUrl } from '../src/connection.js';
 import { decodeFrame } from '../src/frame.js';
 import { encodePayload, decodePayload } from '../src/payload.js';
 import { parseEvent } from '../src/events.js';
-import { frameTag, hexToBytes } from '../src/sign.js';
+import { frameTag, hexToBytes, serverKey } from '../src/sign.js';
 
 const me = { id: '01ARZ3NDEKTSV4RRFFQ69G5FAV', name: 'alice', key: hexToBytes('11'.repeat(32)) };
 const bob = '01ARZ3NDEKTSV4RRFFQ69G5FB0';
@@ -82,15 +82,25 @@ function setup() {
       return { send: (bytes) => frames.push(decodeFrame(bytes)), close: () => {} };
     },
   });
+  /** A server frame signed with `key` (a session key, §7.10), as recorded: replayable. */
+  const frameUnder = (key, command, fields) => {
+    const payload = encodePayload(fields);
+    return { command, signature: frameTag(key, command, payload), payload };
+  };
   const deliver = (command, fields, signed = true) => {
     const payload = encodePayload(fields);
     handlers.onFrame({ command, signature: signed ? frameTag(me.key, command, payload) : null, payload });
   };
   const sent = (command) =>
     frames.filter((f) => f.command === command).map((f) => decodePayload(f.payload));
+  /** The session key of the last CNN sent. */
+  const sessionKey = () => {
+    const cnn = sent('CNN').at(-1);
+    return serverKey(me.key, cnn.nonce, cnn.timestamp);
+  };
   client.start();
   handlers.onOpen();
-  return { client, clock, deliver, sent, handlers: () => handlers };
+  return { client, clock, deliver, frameUnder, sent, sessionKey, handlers: () => handlers };
 }
 
 async function signedIn() {
@@ -238,4 +248,88 @@ test('the WebSocket address follows the page path and scheme', () => {
   assert.equal(defaultUrl(new URL('http://127.0.0.1:8080/#cred=abc')), 'ws://127.0.0.1:8080/ws');
   assert.equal(defaultUrl(new URL('https://example.org/chat/')), 'wss://example.org/chat/ws');
   assert.equal(defaultUrl(new URL('https://example.org/chat/index.html?x=1')), 'wss://example.org/chat/ws');
+});
+
+test('a bound session checks every frame with its session key: a reflected own frame fails, and so does one from an earlier session', async () => {
+  const { client, clock, frameUnder, sent, sessionKey, handlers } = setup();
+  assert.equal(sent('CNN')[0].bind, true, 'asked at CNN (§7.10)');
+  const k1 = sessionKey();
+  handlers().onFrame(frameUnder(k1, 'UCNN', { id: me.id, name: me.name, bind: true }));
+  assert.ok(client.authenticated && client.bound);
+  const msg = frameUnder(k1, 'MSG', { from: bob, msg_id: '01ARZ3NDEKTSV4RRFFQ69G5FD1', msg: 'hi', timestamp: Math.floor(clock.now() / 1000) });
+  handlers().onFrame(msg);
+  assert.equal(client.chat.conversations.get(bob).messages.size, 1);
+  // Our own CH_VOTE sent back to us: signed with the account key, it fails.
+  await flush();
+  handlers().onFrame(frameUnder(me.key, 'CH_VOTE', { channel: ch, election: 1, user: bob }));
+  assert.equal(client.state, 'offline');
+  assert.match(client.problem, /signature/);
+  // The next session: the first one's MSG, replayed, fails too.
+  clock.advance(2000);
+  handlers().onOpen();
+  const k2 = sessionKey();
+  assert.notDeepEqual(k2, k1);
+  handlers().onFrame(frameUnder(k2, 'UCNN', { id: me.id, name: me.name, bind: true }));
+  assert.ok(client.bound);
+  handlers().onFrame(msg);
+  assert.equal(client.state, 'offline');
+  assert.match(client.problem, /signature/);
+});
+
+test('a UCNN without bind falls back to the account key; one claiming bind under the account key is refused', () => {
+  const plain = setup();
+  plain.deliver('UCNN', { id: me.id, name: me.name });
+  assert.ok(plain.client.authenticated && !plain.client.bound, 'a server without the extension');
+  const forged = setup();
+  forged.deliver('UCNN', { id: me.id, name: me.name, bind: true });
+  assert.ok(!forged.client.authenticated);
+  assert.match(forged.client.problem, /signature/);
+});
+
+test('a signed frame before our UCNN is refused without ending the client', () => {
+  const { client, deliver } = setup();
+  deliver('ERR', { code: 'session_replaced', reason: 'recorded in an earlier session' });
+  assert.equal(client.final, false);
+  assert.notEqual(client.retryAt, null, 'it tries again');
+  assert.match(client.problem, /replayed/);
+});
+
+test('a fatal ERR ends the client only in a bound session, where it is fresh', () => {
+  const plain = setup();
+  plain.deliver('UCNN', { id: me.id, name: me.name });
+  plain.deliver('ERR', { code: 'session_replaced', reason: 'maybe recorded earlier' });
+  assert.equal(plain.client.final, false);
+  assert.match(plain.client.problem, /keeps trying/);
+  plain.handlers().onClose('closed');
+  assert.notEqual(plain.client.retryAt, null);
+
+  const bound = setup();
+  const k = bound.sessionKey();
+  bound.handlers().onFrame(bound.frameUnder(k, 'UCNN', { id: me.id, name: me.name, bind: true }));
+  bound.handlers().onFrame(bound.frameUnder(k, 'ERR', { code: 'session_replaced', reason: 'now' }));
+  bound.handlers().onClose('closed');
+  assert.equal(bound.client.final, true);
+  assert.equal(bound.client.retryAt, null);
+});
+
+test('a private message is shown once; one stamped before a plain session began is neither shown nor acknowledged', async () => {
+  const { client, deliver, sent } = await signedIn();
+  const start = Number(sent('CNN')[0].timestamp);
+  const conv = () => client.chat.conversations.get(bob);
+  const acked = () => sent('ACK_MSG').map((a) => a.msg_id);
+  const A = '01ARZ3NDEKTSV4RRFFQ69G5FE1';
+  deliver('MSG', { from: bob, msg_id: A, msg: 'once', timestamp: start });
+  deliver('MSG', { from: bob, msg_id: A, msg: 'once', timestamp: start + 1 });
+  await flush();
+  assert.equal(conv().messages.size, 1, 'never shown twice');
+  assert.deepEqual(acked(), [A, A], 'acknowledged again: its sender may not have learned of the first ack');
+  const B = '01ARZ3NDEKTSV4RRFFQ69G5FE2';
+  deliver('MSG', { from: bob, msg_id: B, msg: 'old', timestamp: start - 31 });
+  await flush();
+  assert.equal(conv().messages.get(B), undefined);
+  assert.ok(!acked().includes(B));
+  assert.match(client.chat.notices.at(-1).text, /replayed/);
+  const C = '01ARZ3NDEKTSV4RRFFQ69G5FE3';
+  deliver('MSG', { from: bob, msg_id: C, msg: 'skewed', timestamp: start - 30 });
+  assert.ok(conv().messages.get(C), 'within skew_s: the server clock may be behind ours');
 });

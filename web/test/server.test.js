@@ -40,6 +40,7 @@ test('two accounts chat privately and in a channel', { skip: skipWithoutBinary, 
   await waitFor('both signed in', () => a.snapshot().connected && b.snapshot().connected);
   await waitFor('alice sees bob online', () => a.snapshot().users.some((u) => u.name === 'bob' && u.online));
   await waitFor('SINFO', () => a.snapshot().server?.maxPayload === 65536);
+  assert.ok(a.snapshot().bound && b.snapshot().bound, 'this server binds the sessions (§7.10)');
 
   // A private message, delivered and acknowledged.
   a.select('user', bob.id);

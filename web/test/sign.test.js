@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { frameTag, verifyTag, bytesToHex, hexToBytes, randomNonce } from '../src/sign.js';
+import { frameTag, verifyTag, bytesToHex, hexToBytes, randomNonce, serverKey } from '../src/sign.js';
 import { decodeFrame, encodeFrame } from '../src/frame.js';
 import { encodePayload, decodePayload } from '../src/payload.js';
 import { SIGIL_BIN, skipWithoutBinary, tempDir, addAccount } from './helpers.js';
@@ -17,6 +17,22 @@ test('the spec test vectors (spec/vectors/hmac-sha3-512.json)', { skip: existsSy
     const tag = frameTag(hexToBytes(f.key), f.command, hexToBytes(f.payload));
     assert.equal(bytesToHex(tag), f.tag, f.name);
     assert.ok(verifyTag(hexToBytes(f.key), f.command, hexToBytes(f.payload), tag));
+  }
+});
+
+test('session keys and bound frames match the spec vectors (§7.10)', { skip: existsSync(VECTORS) ? false : 'spec/vectors not found' }, () => {
+  const v = JSON.parse(readFileSync(VECTORS, 'utf8'));
+  assert.ok(v.server_keys.length > 0 && v.bound_frames.length > 0);
+  for (const k of v.server_keys) {
+    const key = serverKey(hexToBytes(k.key), BigInt(k.cnn_nonce), BigInt(k.cnn_timestamp));
+    assert.equal(bytesToHex(key), k.server_key, k.name);
+  }
+  for (const f of v.bound_frames) {
+    const key = serverKey(hexToBytes(f.key), BigInt(f.cnn_nonce), BigInt(f.cnn_timestamp));
+    const payload = hexToBytes(f.payload);
+    assert.equal(bytesToHex(frameTag(key, f.command, payload)), f.tag, f.name);
+    // The same frame under the account key (a reflected client frame) does not pass.
+    assert.ok(!verifyTag(key, f.command, payload, hexToBytes(f.account_key_tag)), f.name);
   }
 });
 
