@@ -30,6 +30,7 @@ use ulid::Ulid;
 use crate::clock::now_unix;
 use crate::config::MAX_PAYLOAD_BEFORE_AUTH;
 use crate::hub::HubMsg;
+use crate::log_throttle::LogKind;
 use crate::metrics::RateLimit;
 use crate::outbound::{CloseMode, ConnHandle, OfferError, KEEP_FRAMES};
 use crate::shared::{ConnSlot, Shared};
@@ -106,7 +107,9 @@ pub(crate) async fn spawn<T: Transport>(
     if shared.hub.send(HubMsg::Register { conn, handle: handle.clone() }).await.is_err() {
         return;
     }
-    tracing::info!(conn = conn.0, %peer, "connected");
+    if shared.log.admit(LogKind::Connected) {
+        tracing::info!(conn = conn.0, %peer, "connected");
+    }
     shared.tracker.spawn(writer(handle.clone(), write));
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -210,6 +213,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
                 // One ERR per run of refused frames: answering each would amplify the flood.
                 if !warned {
                     warned = true;
+                    if shared.log.admit(LogKind::RateLimited) {
+                        tracing::info!(conn = conn.0, %peer, "rate limited: frames dropped");
+                    }
                     let error = ProtoError::new(ErrorCode::RateLimited, "too many frames per second: frame dropped");
                     if !was_authenticated {
                         reply_before_auth(&handle, Outbound::error(&error).unsigned());
@@ -242,7 +248,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
             Err(e) => {
                 if e.code == ErrorCode::AuthFailed {
                     metrics.auth_failures.inc();
-                    tracing::info!(conn = conn.0, %peer, "authentication failed");
+                    if shared.log.admit(LogKind::AuthFailed) {
+                        tracing::info!(conn = conn.0, %peer, "authentication failed");
+                    }
                 }
                 break fatal(e);
             }
@@ -257,7 +265,9 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
                 framed.decoder_mut().set_max_payload(limits.max_payload);
                 name =
                     shared.directory.read().ok().and_then(|d| d.get(&account).map(|e| e.1.clone())).unwrap_or_default();
-                tracing::info!(conn = conn.0, %peer, %account, %name, "authenticated");
+                if shared.log.admit(LogKind::Authenticated) {
+                    tracing::info!(conn = conn.0, %peer, %account, %name, "authenticated");
+                }
                 deadline = Instant::now() + idle;
                 Input::Open { conn, account, key_rev, envelope, batch, bind }
             }
@@ -288,7 +298,12 @@ async fn reader<R: AsyncRead + WaitReadable + Unpin>(
             reason
         }
     };
-    tracing::info!(conn = conn.0, %peer, %account, %name, %reason, "disconnected");
+    // Sessions that never signed in are what a connect flood makes: they
+    // have a budget of their own, so they cannot hide the others' ends.
+    let kind = if account.is_empty() { LogKind::DisconnectedBeforeCnn } else { LogKind::Disconnected };
+    if shared.log.admit(kind) {
+        tracing::info!(conn = conn.0, %peer, %account, %name, %reason, "disconnected");
+    }
     // Read and drop what the peer still sends while the writer flushes, so
     // closing with unread input does not reset the connection under the ERR.
     let mut read = framed.into_inner().inner;
