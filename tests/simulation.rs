@@ -53,8 +53,14 @@
 //! ```
 //!
 //! It prints what the schedules did (commits, elections, crashes, frames
-//! delayed, reordered and lost, clock jumps, store outages, replays). On 2
-//! cores shared with other builds, release: 20,000 schedules in 17 s.
+//! delayed, reordered and lost, clock jumps, store outages, replays). The
+//! million above, measured on 2 cores (release): 447 s wall, 872 s of CPU,
+//! 12 MB resident; 400 million steps, 359,294 commits announced, 2,227,247
+//! elections, 4,110,892 crashes and restarts, 154 million frames delayed and
+//! 26 million reordered, 10.5 million lost to partitions, 580,668 clock jumps
+//! ahead and 1,087,301 back, 1,554,844 store outages (244,543 stopping the
+//! server, 183,100 late `Stored`), 2,882,364 replays refused: 0 violations.
+//! The default 2,000 take about 10 s in a debug build.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
