@@ -131,7 +131,7 @@ mod tests {
         for &code in ErrorCode::ALL {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
-        assert_eq!(ErrorCode::ALL.len(), 31);
+        assert_eq!(ErrorCode::ALL.len(), 32);
         assert_eq!(ErrorCode::ALL.iter().filter(|c| c.is_fatal()).count(), 12);
         assert!(!ErrorCode::AlreadyAuthenticated.is_fatal());
         assert!(ErrorCode::SlowConsumer.is_fatal());
