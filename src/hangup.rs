@@ -20,6 +20,7 @@ const LIVE_KEYS: &[&str] = &[
     "log-level",
     "max-connections",
     "max-connections-per-ip",
+    "connects-per-ip-per-minute",
     "rate",
     "burst",
     "frame-timeout-s",

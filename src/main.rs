@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the relay server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCmd),
@@ -202,6 +202,18 @@ struct ServeArgs {
     /// Bytes of message content awaiting commit per channel.
     #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_pending_bytes: usize,
+    /// Bytes of message content awaiting commit sent by one account, over all its channels.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING_BYTES_PER_ACCOUNT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_bytes_per_account: usize,
+    /// Bytes of message content awaiting commit on the whole server.
+    #[arg(long, default_value_t = defaults::DEFAULT_MAX_PENDING_BYTES_TOTAL, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_bytes_total: usize,
+    /// List entries (LST_USR, CH_LST, CH_WHO) a session may ask for per second; four seconds' worth at once.
+    #[arg(long, default_value_t = defaults::DEFAULT_LIST_ENTRIES_PER_S, value_parser = clap::value_parser!(u64).range(1..))]
+    list_entries_per_s: u64,
+    /// Sign-ins (CNN) per minute per account; a minute's worth at once.
+    #[arg(long, default_value_t = defaults::DEFAULT_CNN_PER_MINUTE, value_parser = clap::value_parser!(u64).range(1..))]
+    cnn_per_minute: u64,
     /// Merged messages awaiting confirmation per channel.
     #[arg(long, default_value_t = defaults::DEFAULT_MAX_MERGES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_merges: usize,
@@ -223,6 +235,9 @@ struct ServeArgs {
     /// Open connections from one IP address.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections_per_ip: usize,
+    /// New connections per minute from one IP address (a minute's worth at once); more are refused with ERR rate_limited.
+    #[arg(long, default_value_t = server::DEFAULT_CONNECTS_PER_IP_PER_MINUTE, value_parser = clap::value_parser!(u64).range(1..))]
+    connects_per_ip_per_minute: u64,
     /// Frames per second a connection may send (sustained); more are dropped with ERR rate_limited.
     #[arg(long, default_value_t = server::DEFAULT_RATE, value_parser = positive)]
     rate: f64,
@@ -438,7 +453,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli, argv: Vec<OsString>, effective: String) -> Result<()> {
     match cli.command {
-        Cmd::Serve(args) => serve(args, argv, effective),
+        Cmd::Serve(args) => serve(*args, argv, effective),
         Cmd::Account(cmd) => account(cmd),
         Cmd::Backup { db, out, force } => {
             let report = Store::open_existing(&db)?.backup_to(&out, force)?;
@@ -548,6 +563,10 @@ fn server_config(args: ServeArgs) -> Config {
         max_unacked_private: args.max_unacked_private,
         max_pending: args.max_pending,
         max_pending_bytes: args.max_pending_bytes,
+        max_pending_bytes_per_account: args.max_pending_bytes_per_account,
+        max_pending_bytes_total: args.max_pending_bytes_total,
+        list_entries_per_s: args.list_entries_per_s,
+        cnn_per_minute: args.cnn_per_minute,
         max_merges: args.max_merges,
         pull_page: args.pull_page,
         max_channels: args.max_channels,
@@ -556,6 +575,7 @@ fn server_config(args: ServeArgs) -> Config {
     };
     config.max_connections = args.max_connections;
     config.max_connections_per_ip = args.max_connections_per_ip;
+    config.connects_per_ip_per_minute = args.connects_per_ip_per_minute;
     config.rate = args.rate;
     config.burst = args.burst;
     config.frame_timeout_s = args.frame_timeout_s;

@@ -289,3 +289,114 @@ async fn unacked_private_deliveries_are_capped_oldest_first() {
         until(&mut a, |ev| matches!(ev, ServerEvent::MsgAck(k) if k.msg_id == *id).then_some(())).await;
     }
 }
+
+#[tokio::test]
+async fn new_connections_per_address_are_metered() {
+    let ts = TestServer::start(&[], |c| c.connects_per_ip_per_minute = 3).await;
+    for _ in 0..3 {
+        assert!(info_works(&ts).await);
+    }
+    // The fourth within the minute is refused at accept, whatever it sends.
+    let mut fourth = ts.raw().await;
+    let (frame, e) = fourth.expect_fatal(ErrorCode::RateLimited).await;
+    assert!(frame.signature.is_none(), "unsigned: no session");
+    assert!(e.reason.contains("new connections from your address"), "{}", e.reason);
+    // Another address has its own budget.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut from_other = Raw::from_stream(other.connect(ts.addr).await.unwrap());
+    from_other.send(b"INFO\n0\n\n").await;
+    assert_eq!(from_other.frame().await.unwrap().command.as_str(), "SINFO");
+}
+
+#[tokio::test]
+async fn sign_ins_per_account_are_metered_after_the_key_check() {
+    let ts = TestServer::start(&["alice", "bob"], |c| c.limits.cnn_per_minute = 2).await;
+    let alice = ts.user("alice");
+    // A stranger's CNN in alice's name (wrong key) spends nothing of hers.
+    let mut forger = ts.raw().await;
+    let fake = sigil_client::Credentials { key: sigil_proto::wire::SecretKey::generate(), ..alice.clone() };
+    forger.send_request(&fake, Command::Cnn { id: alice.id, batch: false, bind: false }, 1, now()).await;
+    forger.expect_fatal(ErrorCode::AuthFailed).await;
+    // Two sign-ins pass (the second replaces the first), the third is refused.
+    let mut first = ts.raw().await;
+    first.authenticate(&alice).await;
+    let mut second = ts.raw().await;
+    second.authenticate(&alice).await;
+    let mut third = ts.raw().await;
+    third.send_request(&alice, Command::Cnn { id: alice.id, batch: false, bind: false }, 7, now()).await;
+    let (_, e) = third.expect_fatal(ErrorCode::RateLimited).await;
+    assert!(e.reason.contains("sign in again in"), "{}", e.reason);
+    // The live session is untouched, and bob is not limited by alice's loop.
+    second.send_request(&alice, Command::Info, 8, now()).await;
+    assert_eq!(second.frame().await.expect("SINFO").command.as_str(), "SINFO");
+    let mut bob = ts.raw().await;
+    bob.authenticate(&ts.user("bob")).await;
+}
+
+#[tokio::test]
+async fn lists_spend_a_budget_of_entries_per_session() {
+    let names: Vec<String> = (0..40).map(|i| format!("user{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ts = TestServer::start(&refs, |c| c.limits.list_entries_per_s = 20).await;
+    let mut c = ts.connect("user0").await;
+    // Forty entries each, a burst of eighty: two lists, then a refusal that says when.
+    for _ in 0..2 {
+        c.send(Command::LstUsr { all: true }).await.unwrap();
+        until(&mut c, |ev| matches!(ev, ServerEvent::UsrLst(l) if !l.more).then_some(())).await;
+    }
+    c.send(Command::LstUsr { all: true }).await.unwrap();
+    let e = err_of(&mut c).await;
+    assert_eq!(code(&e), ErrorCode::RateLimited);
+    assert!(e.reason.contains("ask again in"), "{}", e.reason);
+    // Others are not slowed: a second session lists at once.
+    let mut other = ts.connect("user1").await;
+    other.send(Command::LstUsr { all: true }).await.unwrap();
+    until(&mut other, |ev| matches!(ev, ServerEvent::UsrLst(l) if !l.more).then_some(())).await;
+}
+
+#[tokio::test]
+async fn uncommitted_bytes_are_capped_per_account() {
+    let ts = TestServer::start(&["alice", "bob", "carol"], |c| {
+        c.limits.max_pending_bytes_per_account = 100_000;
+        c.limits.max_payload = 65_536;
+    })
+    .await;
+    // Alice leads; bob and carol are online and never ack, so nothing commits.
+    let mut alice = ts.connect("alice").await;
+    let mut bob = ts.connect("bob").await;
+    let mut carol = ts.connect("carol").await;
+    alice.send(Command::ChNew { name: "room".into() }).await.unwrap();
+    let ch = until(&mut alice, |ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;
+    for c in [&mut bob, &mut carol] {
+        c.send(Command::ChJoin { id: ch }).await.unwrap();
+        until(c, |ev| matches!(ev, ServerEvent::ChUjoin(u) if u.channel == ch).then_some(())).await;
+    }
+    alice.send(Command::ChLead { channel: ch, election: 1 }).await.unwrap();
+    until(&mut bob, |ev| matches!(ev, ServerEvent::ChVote(_)).then_some(())).await;
+    let me = ts.user("alice").id;
+    bob.send(Command::ChVote { channel: ch, election: 1, user: me }).await.unwrap();
+    until(&mut alice, |ev| matches!(ev, ServerEvent::ChStatus(s) if s.leader == Some(me)).then_some(())).await;
+    let big = Body::text("x".repeat(40_000));
+    let mut refused = None;
+    for _ in 0..4 {
+        alice.send(Command::ChMsg { id: ch, msg_id: Ulid::new(), msg: big.clone() }).await.unwrap();
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match alice.recv().await {
+                    Ok(Some(ServerEvent::Err(e))) => return Some(e),
+                    Ok(Some(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("the third 40 KB message passes the 100 KB cap");
+    assert_eq!(code(&e), ErrorCode::RateLimited, "{e:?}");
+    assert!(e.reason.contains("an account may hold 100000"), "{}", e.reason);
+}

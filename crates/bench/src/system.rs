@@ -105,6 +105,8 @@ impl SigilServer {
             .args(["--timeout-s", "3600", "--cnn-timeout-s", "120"])
             .args(["--max-members", "100000", "--max-pending", "1000000"])
             .args(["--max-pending-bytes", "1073741824", "--replay-window", "4000000"])
+            .args(["--max-pending-bytes-per-account", "1073741824", "--max-pending-bytes-total", "4294967296"])
+            .args(["--connects-per-ip-per-minute", "10000000", "--cnn-per-minute", "10000"])
             .args(["--outbound-queue", "1000000", "--outbound-bytes", "268435456"])
             // Its web listener on a free port: it runs (and counts) as in production.
             .args(["--web", "127.0.0.1:0"])

@@ -25,6 +25,15 @@ pub const DEFAULT_MAX_UNACKED_PRIVATE: usize = 65_536;
 pub const DEFAULT_MAX_PENDING: usize = 4096;
 /// Default bytes of message content awaiting commit per channel.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+/// Default bytes of message content awaiting commit sent by one account, over
+/// all its channels.
+pub const DEFAULT_MAX_PENDING_BYTES_PER_ACCOUNT: usize = 16 * 1024 * 1024;
+/// Default bytes of message content awaiting commit on the whole server.
+pub const DEFAULT_MAX_PENDING_BYTES_TOTAL: usize = 256 * 1024 * 1024;
+/// Default list entries (`LST_USR`, `CH_LST`, `CH_WHO`) per second per session.
+pub const DEFAULT_LIST_ENTRIES_PER_S: u64 = 4096;
+/// Default sign-ins (`CNN`) per minute per account.
+pub const DEFAULT_CNN_PER_MINUTE: u64 = 30;
 /// Default merged messages awaiting confirmation per channel.
 pub const DEFAULT_MAX_MERGES: usize = 1024;
 /// Default messages per `CH_APPEND` page (pages are also cut to fit `max_payload`).
@@ -62,6 +71,14 @@ pub struct Limits {
     pub max_pending: usize,
     /// Bytes of message content pending per channel.
     pub max_pending_bytes: usize,
+    /// Bytes of message content pending sent by one account, all channels.
+    pub max_pending_bytes_per_account: usize,
+    /// Bytes of message content pending on the whole server.
+    pub max_pending_bytes_total: usize,
+    /// List entries per second a session may ask for (burst: four seconds' worth).
+    pub list_entries_per_s: u64,
+    /// Sign-ins per minute per account (burst: a minute's worth).
+    pub cnn_per_minute: u64,
     /// Merged messages awaiting confirmation per channel.
     pub max_merges: usize,
     /// Messages per `CH_APPEND` page.
@@ -88,6 +105,10 @@ impl Default for Limits {
             max_unacked_private: DEFAULT_MAX_UNACKED_PRIVATE,
             max_pending: DEFAULT_MAX_PENDING,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_pending_bytes_per_account: DEFAULT_MAX_PENDING_BYTES_PER_ACCOUNT,
+            max_pending_bytes_total: DEFAULT_MAX_PENDING_BYTES_TOTAL,
+            list_entries_per_s: DEFAULT_LIST_ENTRIES_PER_S,
+            cnn_per_minute: DEFAULT_CNN_PER_MINUTE,
             max_merges: DEFAULT_MAX_MERGES,
             pull_page: DEFAULT_PULL_PAGE,
             max_channels: DEFAULT_MAX_CHANNELS,
@@ -121,6 +142,9 @@ impl Limits {
             skew_s: self.skew_s,
             max_payload: self.max_payload as u64,
             min_online: self.min_online,
+            list_entries_per_s: self.list_entries_per_s,
+            cnn_per_minute: self.cnn_per_minute,
+            max_pending_bytes_per_account: self.max_pending_bytes_per_account as u64,
             features: [sigil_proto::event::FEATURE_BATCH, sigil_proto::event::FEATURE_BIND].map(str::to_owned).to_vec(),
         }
     }

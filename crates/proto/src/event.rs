@@ -74,6 +74,17 @@ pub struct Sinfo {
     pub max_payload: u64,
     /// Online members a channel needs to be healthy.
     pub min_online: u64,
+    /// List entries (`LST_USR`, `CH_LST`, `CH_WHO`) a session may ask for
+    /// per second, four seconds' worth at once (0: not announced).
+    #[serde(default)]
+    pub list_entries_per_s: u64,
+    /// Sign-ins per minute per account, a minute's worth at once (0: not announced).
+    #[serde(default)]
+    pub cnn_per_minute: u64,
+    /// Bytes of channel content awaiting commit one account may have sent,
+    /// over all its channels (0: not announced).
+    #[serde(default)]
+    pub max_pending_bytes_per_account: u64,
     /// Protocol extensions this server speaks: `"batch"` (PROTOCOL.md §7.9),
     /// `"bind"` (§7.10).
     #[serde(default)]

@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
 pub const DEFAULT_RATE: f64 = 200.0;
 /// Default frames a connection may send at once.
 pub const DEFAULT_BURST: f64 = 400.0;
+/// Default new connections per minute from one IP address (burst: a minute's worth).
+pub const DEFAULT_CONNECTS_PER_IP_PER_MINUTE: u64 = 120;
 /// Default time from a frame's first byte to its last (s).
 pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 30;
 /// Default lines logged per kind of repeatable event per 10 s (`--log-repeats`).
@@ -75,6 +77,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// New connections per minute from one IP address.
+    pub connects_per_ip_per_minute: u64,
     /// Frames per second per connection.
     pub rate: f64,
     /// Frames a connection may send at once.
@@ -112,6 +116,7 @@ impl Config {
             outbound_bytes: DEFAULT_OUTBOUND_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            connects_per_ip_per_minute: DEFAULT_CONNECTS_PER_IP_PER_MINUTE,
             rate: DEFAULT_RATE,
             burst: DEFAULT_BURST,
             frame_timeout_s: DEFAULT_FRAME_TIMEOUT_S,
@@ -139,6 +144,7 @@ impl Config {
         LiveLimits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            connects_per_ip_per_minute: self.connects_per_ip_per_minute,
             rate: self.rate,
             burst: self.burst,
             frame_timeout_s: self.frame_timeout_s,
@@ -162,6 +168,8 @@ pub struct LiveLimits {
     pub max_connections: usize,
     /// Connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// New connections per minute from one IP address.
+    pub connects_per_ip_per_minute: u64,
     /// Frames per second per connection.
     pub rate: f64,
     /// Frames a connection may send at once.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::group_runs;
 use crate::log_throttle::{LogKind, LogLimiter};
-use crate::memory::{release_free_memory, Trimmer};
+use crate::memory::{release_free_memory, Churn, Trimmer};
 use crate::metrics::Metrics;
 use crate::outbound::{CloseMode, ConnHandle, OfferError};
 use crate::store_writer::{StoreJob, StoreReply};
@@ -60,8 +60,10 @@ pub(crate) async fn run(
 ) {
     let mut conns: HashMap<ConnId, Arc<ConnHandle>> = HashMap::new();
     let mut effects = Vec::new();
+    let mut writes = Vec::new();
     let mut runs = Vec::new();
-    let (mut queued, mut trimmer) = (0u64, Trimmer::default());
+    let (mut churn, mut trimmer) = (Churn::default(), Trimmer::default());
+    let mut last_pending = 0usize;
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,12 +81,17 @@ pub(crate) async fn run(
                 }
             },
             _ = tick.tick() => {
-                if trimmer.tick(queued) {
-                    tracing::debug!(queued, "giving free memory back after a burst");
+                // Content let go from the commit queues counts as churn too.
+                let pending = relay.pending_bytes();
+                churn.bytes += last_pending.saturating_sub(pending) as u64;
+                last_pending = pending;
+                if trimmer.tick(churn) {
+                    tracing::debug!(frames = churn.frames, bytes = churn.bytes, "giving free memory back after a burst");
                     tokio::task::spawn_blocking(release_free_memory);
                 }
                 let (led, leaderless) = relay.channel_counts();
                 metrics.set_channels(led, leaderless);
+                metrics.pending_bytes.set(i64::try_from(relay.pending_bytes()).unwrap_or(i64::MAX));
                 // A flood that stopped is summed up within a second of its window's end.
                 log.flush();
                 Some(HubMsg::Input(Input::Tick))
@@ -139,8 +146,12 @@ pub(crate) async fn run(
                 match effect {
                     Effect::Send { conn, frame } => {
                         let Some(handle) = conns.get(&conn) else { continue };
+                        let bytes = frame.payload.len() as u64;
                         match handle.offer(frame, run) {
-                            Ok(()) => queued += 1,
+                            Ok(()) => {
+                                churn.frames += 1;
+                                churn.bytes += bytes;
+                            }
                             Err(OfferError::Full) => {
                                 metrics.slow_consumers.inc();
                                 if log.admit(LogKind::SlowConsumer) {
@@ -160,12 +171,17 @@ pub(crate) async fn run(
                             }
                         }
                     }
-                    Effect::Store(op) => {
-                        if store.send(StoreJob::Write(op)).await.is_err() {
+                    // One input's writes go to the store as one job, so they
+                    // land in one transaction: a leader's batched CH_COMMIT
+                    // becomes durable, and is announced, as one batch.
+                    Effect::Store(op) => writes.push(op),
+                    Effect::Pull(pull) => {
+                        // After the writes before it, as the store promises.
+                        if !writes.is_empty()
+                            && store.send(StoreJob::Writes(std::mem::take(&mut writes))).await.is_err()
+                        {
                             stop.cancel();
                         }
-                    }
-                    Effect::Pull(pull) => {
                         if store.send(StoreJob::Pull(pull)).await.is_err() {
                             stop.cancel();
                         }
@@ -179,6 +195,9 @@ pub(crate) async fn run(
                         }
                     }
                 }
+            }
+            if !writes.is_empty() && store.send(StoreJob::Writes(std::mem::take(&mut writes))).await.is_err() {
+                stop.cancel();
             }
         }
     }

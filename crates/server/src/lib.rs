@@ -239,6 +239,7 @@ async fn launch<S: Storage>(
         hub: hub_tx,
         tracker: TaskTracker::new(),
         connections: std::sync::Mutex::new((0, HashMap::new())),
+        connects: std::sync::Mutex::new(HashMap::new()),
         last_conn: AtomicU64::new(0),
         metrics: metrics.clone(),
         live,

@@ -12,29 +12,49 @@
 
 /// Frames queued since the last trim that make a trim worth its cost.
 const BURST_FRAMES: u64 = 100_000;
+/// Bytes moved through (queued towards clients, or held for commit and let
+/// go) since the last trim that make a trim worth its cost: a burst of a
+/// few thousand 64 KB frames is few frames but much memory.
+const BURST_BYTES: u64 = 32 * 1024 * 1024;
 /// A tick with fewer frames than this is quiet.
 const QUIET_FRAMES: u64 = 1_000;
+/// A tick that moves fewer bytes than this is quiet.
+const QUIET_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What the hub has moved so far (running totals).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Churn {
+    /// Frames queued towards clients.
+    pub frames: u64,
+    /// Payload bytes queued towards clients, plus bytes of channel content
+    /// that stopped being held for commit.
+    pub bytes: u64,
+}
 
 /// Decides, once a tick, whether to trim.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    /// Frames queued since the last trim.
-    since_trim: u64,
-    /// Frames queued at the last tick.
-    at_last_tick: u64,
+    /// Frames and bytes since the last trim.
+    since_trim: Churn,
+    /// The totals at the last tick.
+    at_last_tick: Churn,
 }
 
 impl Trimmer {
-    /// Called once a tick with the total of frames queued so far; returns
-    /// whether to trim now ([`release_free_memory`]).
-    pub fn tick(&mut self, queued_total: u64) -> bool {
-        let this_tick = queued_total.saturating_sub(self.at_last_tick);
-        self.at_last_tick = queued_total;
-        self.since_trim += this_tick;
-        if self.since_trim < BURST_FRAMES || this_tick >= QUIET_FRAMES {
+    /// Called once a tick with the totals so far; returns whether to trim
+    /// now ([`release_free_memory`]): after a burst of frames or of bytes,
+    /// once a tick is quiet in both.
+    pub fn tick(&mut self, total: Churn) -> bool {
+        let frames = total.frames.saturating_sub(self.at_last_tick.frames);
+        let bytes = total.bytes.saturating_sub(self.at_last_tick.bytes);
+        self.at_last_tick = total;
+        self.since_trim.frames += frames;
+        self.since_trim.bytes += bytes;
+        let burst = self.since_trim.frames >= BURST_FRAMES || self.since_trim.bytes >= BURST_BYTES;
+        if !burst || frames >= QUIET_FRAMES || bytes >= QUIET_BYTES {
             return false;
         }
-        self.since_trim = 0;
+        self.since_trim = Churn::default();
         true
     }
 }
@@ -56,17 +76,29 @@ mod tests {
     #[test]
     fn trims_once_quiet_after_a_burst_and_never_under_load() {
         let mut t = Trimmer::default();
-        let mut total = 0;
+        let mut total = Churn::default();
         // Steady load: never.
         for _ in 0..10 {
-            total += 50_000;
+            total.frames += 50_000;
             assert!(!t.tick(total));
         }
         // Quiet after it: once.
         assert!(t.tick(total));
         assert!(!t.tick(total));
         // A small trickle is not a burst.
-        total += 500;
+        total.frames += 500;
+        assert!(!t.tick(total));
+    }
+
+    #[test]
+    fn a_burst_of_few_large_frames_is_a_burst() {
+        let mut t = Trimmer::default();
+        let mut total = Churn::default();
+        // 600 frames of 64 KB: far from the frame count, but 37 MB moved.
+        total.frames += 600;
+        total.bytes += 600 * 65_536;
+        assert!(!t.tick(total), "not while it is moving");
+        assert!(t.tick(total), "once quiet");
         assert!(!t.tick(total));
     }
 }

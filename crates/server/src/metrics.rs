@@ -49,6 +49,8 @@ pub struct Metrics {
     pub store_write_failures: IntCounter,
     /// 1 while the store takes no writes (read-only mode), else 0.
     pub store_read_only: IntGauge,
+    /// Content bytes of channel messages awaiting commit, server-wide.
+    pub pending_bytes: IntGauge,
     channels: IntGaugeVec,
 }
 
@@ -154,6 +156,11 @@ impl Metrics {
                 "Store batches that failed and were kept to retry (read-only mode).",
             ),
             store_read_only: gauge(&r, "sigil_store_read_only", "1 while the store takes no writes (read-only mode)."),
+            pending_bytes: gauge(
+                &r,
+                "sigil_pending_bytes",
+                "Content bytes of channel messages awaiting commit, server-wide (updated each second).",
+            ),
             store_batch: histogram(
                 &r,
                 "sigil_store_batch_writes",

@@ -20,6 +20,7 @@ use prometheus::IntGauge;
 use crate::hub::HubMsg;
 use crate::log_throttle::LogLimiter;
 use crate::metrics::{Metrics, RateLimit};
+use sigil_core::rate::TokenBucket;
 use sigil_core::AccountKey;
 use sigil_proto::Outbound;
 
@@ -35,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Open connections, in total and per IP address.
     pub(crate) connections: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+    /// New connections per IP address lately: a reconnect loop costs every
+    /// co-member presence frames per sign-in, so it is metered at accept.
+    pub(crate) connects: std::sync::Mutex<HashMap<std::net::IpAddr, TokenBucket>>,
     /// The last connection id given out.
     pub(crate) last_conn: AtomicU64,
     /// What the server counts.
@@ -91,6 +95,7 @@ impl Shared {
 
     fn take_slot(self: &Arc<Self>, ip: std::net::IpAddr, transport: &'static str) -> Result<ConnSlot, &'static str> {
         let live = self.live();
+        self.take_connect(ip, &live)?;
         let mut guard = self.connections.lock().map_err(|_| "server state unavailable")?;
         let (total, per_ip) = &mut *guard;
         if *total >= live.max_connections {
@@ -105,6 +110,27 @@ impl Shared {
         let gauge = self.metrics.connections(transport);
         gauge.inc();
         Ok(ConnSlot { shared: self.clone(), ip, gauge, transport })
+    }
+}
+
+/// Per-address buckets kept before full ones are swept.
+const CONNECT_BUCKETS: usize = 4096;
+
+impl Shared {
+    /// Spends one of `ip`'s new connections, or says it has none left.
+    fn take_connect(&self, ip: std::net::IpAddr, live: &LiveLimits) -> Result<(), &'static str> {
+        let now = crate::clock::now_unix_f64();
+        let per_min = live.connects_per_ip_per_minute as f64;
+        let mut buckets = self.connects.lock().map_err(|_| "server state unavailable")?;
+        if buckets.len() >= CONNECT_BUCKETS {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        let bucket = buckets.entry(ip).or_insert_with(|| TokenBucket::new(per_min / 60.0, per_min, now));
+        if bucket.try_take(1.0, now) {
+            Ok(())
+        } else {
+            Err("too many new connections from your address: wait a little")
+        }
     }
 }
 

@@ -25,8 +25,9 @@ use crate::metrics::Metrics;
 use crate::store::{Fault, Storage, StoreError};
 use sigil_core::{durable_marks, Input, PullRequest, StoreOp};
 
-/// Jobs gathered into one transaction at most (in read-only mode the kept
-/// batch grows past it: the relay refuses new writes meanwhile).
+/// Jobs gathered into one transaction at most (one job's writes are never
+/// split; in read-only mode the kept batch grows past it: the relay refuses
+/// new writes meanwhile).
 const MAX_BATCH: usize = 8192;
 
 /// How often a batch the store could not take is tried again.
@@ -39,8 +40,8 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Work for the store thread.
 #[derive(Debug)]
 pub enum StoreJob {
-    /// A write from the core.
-    Write(StoreOp),
+    /// The writes of one input to the core, in order: applied in one transaction.
+    Writes(Vec<StoreOp>),
     /// A history read for `CH_PULL`.
     Pull(PullRequest),
 }
@@ -215,7 +216,7 @@ pub(crate) fn spawn<S: Storage>(
             let mut taken = 0;
             while let Some(j) = job.take() {
                 match j {
-                    StoreJob::Write(op) => w.writes.push(op),
+                    StoreJob::Writes(ops) => w.writes.extend(ops),
                     StoreJob::Pull(pull) => pulls.push(pull),
                 }
                 taken += 1;

@@ -1953,6 +1953,9 @@ pub(crate) mod tests {
             skew_s: 120,
             max_payload: 65_536,
             min_online: 1,
+            list_entries_per_s: 4096,
+            cnn_per_minute: 30,
+            max_pending_bytes_per_account: 1 << 24,
             features: Vec::new(),
         };
         c.on_event(ServerEvent::Sinfo(sinfo), &at(5));

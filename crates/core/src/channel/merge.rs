@@ -69,7 +69,7 @@ impl Channel {
             }
         }
         let ids = new.iter().map(|m| m.id).collect();
-        self.pending_bytes += new_bytes;
+        self.hold(user, new_bytes);
         for m in new {
             let id = m.id;
             let merge = Merge { merger: user, entry: m, expires: now.saturating_add(self.limits.pending_ttl_s) };
@@ -144,7 +144,7 @@ impl Channel {
     /// Removes a merge awaiting confirmation, keeping the byte count right.
     fn take_merge(&mut self, msg_id: &Ulid) -> Option<Merge> {
         let m = self.merges.remove(msg_id)?;
-        self.pending_bytes -= m.entry.msg.bytes.len();
+        self.release(m.merger, m.entry.msg.bytes.len());
         Some(m)
     }
 

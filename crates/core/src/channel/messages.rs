@@ -83,7 +83,7 @@ impl Channel {
             acks: BTreeSet::from([from]),
             expires: now.saturating_add(self.limits.pending_ttl_s),
         };
-        self.pending_bytes += pending.body.bytes.len();
+        self.hold(from, pending.body.bytes.len());
         self.pending.insert(msg_id, pending);
         Ok(())
     }
@@ -158,7 +158,7 @@ impl Channel {
     /// Removes a pending message, keeping the byte count right.
     fn take_pending(&mut self, msg_id: &Ulid) -> Option<Pending> {
         let p = self.pending.remove(msg_id)?;
-        self.pending_bytes -= p.body.bytes.len();
+        self.release(p.from, p.body.bytes.len());
         Some(p)
     }
 

@@ -135,6 +135,9 @@ pub struct Channel {
     pending: BTreeMap<Ulid, Pending>,
     /// Content bytes of the pending messages and merges.
     pending_bytes: usize,
+    /// The same, per sender (or merger): the relay caps each account's sum
+    /// over its channels.
+    pending_by: BTreeMap<Ulid, usize>,
     merges: BTreeMap<Ulid, Merge>,
     /// Committed message id → position (durable or not).
     committed: Positions,
@@ -199,12 +202,40 @@ impl Channel {
             ballot: None,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            pending_by: BTreeMap::new(),
             merges: BTreeMap::new(),
             committed: Positions(s.history.into_iter().collect()),
             last_committed,
             next_seq,
             unannounced: BTreeMap::new(),
             last_status: (None, false, 0),
+        }
+    }
+
+    /// Content bytes of the pending messages and merges.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Content bytes of the pending messages sent (and merges made) by `who`.
+    pub fn pending_bytes_of(&self, who: &Ulid) -> usize {
+        self.pending_by.get(who).copied().unwrap_or(0)
+    }
+
+    /// Counts `n` content bytes held for `who`.
+    fn hold(&mut self, who: Ulid, n: usize) {
+        self.pending_bytes += n;
+        *self.pending_by.entry(who).or_default() += n;
+    }
+
+    /// Stops counting `n` content bytes held for `who`.
+    fn release(&mut self, who: Ulid, n: usize) {
+        self.pending_bytes -= n;
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.pending_by.entry(who) {
+            *e.get_mut() = e.get().saturating_sub(n);
+            if *e.get() == 0 {
+                e.remove();
+            }
         }
     }
 

@@ -195,11 +195,15 @@ fn pending_bytes_count_only_what_is_still_pending_or_merging() {
         MergedMessage { id: Ulid::from(902u128), from: u[0], timestamp: 1, msg: Body::text("f"), acks: vec![u[2]] };
     c.merge(u[0], vec![merged], 0, &mut out).unwrap();
     assert_eq!(c.pending_bytes, 6);
+    // Per sender: u[1] sent two messages, u[0] merged one.
+    assert_eq!((c.pending_bytes_of(&u[1]), c.pending_bytes_of(&u[0]), c.pending_bytes_of(&u[2])), (5, 1, 0));
     c.ack(u[2], m1, &mut out).unwrap();
     c.commit(u[0], m1, &BTreeSet::from([u[1], u[2]]), &mut out).unwrap();
     assert_eq!(c.pending_bytes, 3);
+    assert_eq!((c.pending_bytes_of(&u[1]), c.pending_bytes_of(&u[0])), (2, 1));
     c.tick(10, &mut out);
     assert_eq!((c.pending_bytes, c.pending_count(), c.merge_count()), (0, 0, 0));
+    assert!(c.pending_by.is_empty(), "{:?}", c.pending_by);
 }
 
 #[test]

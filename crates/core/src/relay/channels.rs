@@ -61,6 +61,9 @@ pub(super) struct Channels {
     live_msgs: HashMap<Ulid, Ulid>,
     /// Connections with a `CH_PULL` being read: one at a time each. Lookups only.
     pulls_in_flight: HashSet<ConnId>,
+    /// Content bytes pending in all channels: recounted each tick, added to
+    /// as messages are accepted (so between ticks it may only overstate).
+    pending_total: usize,
     /// Reused buffer for channel output.
     scratch: Vec<ChannelEffect>,
 }
@@ -204,6 +207,38 @@ impl Channels {
         self.each_channel(ids, ob, |c, o| c.tick(now, o));
         let by_id = &self.by_id;
         self.live_msgs.retain(|msg, c| by_id.get(c).is_some_and(|c| c.is_live(msg)));
+        self.pending_total = self.by_id.values().map(Channel::pending_bytes).sum();
+    }
+
+    /// Content bytes pending in every channel (as of the last tick, plus
+    /// what was accepted since).
+    pub(super) fn pending_total(&self) -> usize {
+        self.pending_total
+    }
+
+    /// Refuses `bytes` more pending content from `me` when it would take the
+    /// account (over all its channels) or the server over its cap (§3.7).
+    fn check_pending_caps(&self, me: &Ulid, bytes: usize, limits: &Limits) -> Result<(), ProtoError> {
+        let mine: usize = self
+            .memberships
+            .get(me)
+            .map_or(0, |chs| chs.iter().filter_map(|c| self.by_id.get(c)).map(|c| c.pending_bytes_of(me)).sum());
+        if mine.saturating_add(bytes) > limits.max_pending_bytes_per_account {
+            return Err(ProtoError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "your messages awaiting commit hold {mine} bytes; an account may hold {}",
+                    limits.max_pending_bytes_per_account
+                ),
+            ));
+        }
+        if self.pending_total.saturating_add(bytes) > limits.max_pending_bytes_total {
+            return Err(ProtoError::new(
+                ErrorCode::RateLimited,
+                "the server holds as many messages awaiting commit as it may: try again shortly",
+            ));
+        }
+        Ok(())
     }
 
     /// Channel commands (PROTOCOL.md §7).
@@ -276,8 +311,11 @@ impl Channels {
                 if self.live_channel(&msg_id).is_some() {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, "this msg_id is in use"));
                 }
+                let bytes = msg.bytes.len();
+                self.check_pending_caps(&me, bytes, limits)?;
                 self.with_channel(id, ob, |c, o| c.message(me, msg_id, msg, now, o))?;
                 self.live_msgs.insert(msg_id, id);
+                self.pending_total += bytes;
                 Ok(())
             }
             Command::AckChMsg { id, ids } if ids.is_empty() => {
@@ -325,9 +363,14 @@ impl Channels {
                 if let Some(taken) = msg.iter().find(|m| self.live_channel(&m.id).is_some_and(|c| c != id)) {
                     return Err(ProtoError::new(ErrorCode::DuplicateMsg, format!("msg_id {} is in use", taken.id)));
                 }
+                let before = self.by_id.get(&id).map_or(0, Channel::pending_bytes);
+                let bytes: usize = msg.iter().map(|m| m.msg.bytes.len()).sum();
+                self.check_pending_caps(&me, bytes, limits)?;
                 for msg_id in self.with_channel(id, ob, |c, o| c.merge(me, msg, now, o))? {
                     self.live_msgs.insert(msg_id, id);
                 }
+                let after = self.by_id.get(&id).map_or(0, Channel::pending_bytes);
+                self.pending_total += after.saturating_sub(before);
                 Ok(())
             }
             Command::ChPull { id, anchor } => {

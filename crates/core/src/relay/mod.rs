@@ -23,6 +23,7 @@
 //! `acks` → `types`; `private` → `presence`; no part knows the `Relay`.
 
 mod acks;
+mod budget;
 pub mod channels;
 mod outbox;
 pub mod paging;
@@ -57,6 +58,8 @@ pub struct Relay {
     acks: acks::AckGatherer,
     /// The store takes no writes: commands that need one are refused (§3.8).
     read_only: bool,
+    /// List entries per session and sign-ins per account (§3.7).
+    budgets: budget::Budgets,
 }
 
 /// An [`Outbox`] over the relay's parts, leaving the others free to borrow.
@@ -99,6 +102,7 @@ impl Relay {
             channels: Default::default(),
             acks: Default::default(),
             read_only: false,
+            budgets: Default::default(),
         }
     }
 
@@ -125,6 +129,11 @@ impl Relay {
     /// How many channels have a leader, and how many have none.
     pub fn channel_counts(&self) -> (usize, usize) {
         self.channels.leader_counts()
+    }
+
+    /// Content bytes of the channel messages awaiting commit, server-wide.
+    pub fn pending_bytes(&self) -> usize {
+        self.channels.pending_total()
     }
 
     /// True when acks are gathered and not yet sent (the shell then sends [`Input::Flush`]).
@@ -177,6 +186,7 @@ impl Relay {
             Input::Tick => {
                 self.channels.tick(now, outbox!(self, out));
                 self.replay.sweep(now);
+                self.budgets.sweep(now);
                 self.private.expire(now);
             }
         }
@@ -201,10 +211,27 @@ impl Relay {
         }
     }
 
+    /// How many entries a list command would send (what it costs), if it is one.
+    fn list_len(&self, command: &Command) -> Option<usize> {
+        match command {
+            Command::LstUsr { all } => Some(self.presence.list_len(*all)),
+            Command::ChLst => Some(self.channels.by_id.len()),
+            Command::ChWho { id } => Some(self.channels.get(id).map_or(1, |c| c.members().len())),
+            _ => None,
+        }
+    }
+
     /// Hands a verified request to the part its family names; answers its error.
     fn dispatch(&mut self, conn: ConnId, me: Ulid, request: Request, now: u64, out: &mut Vec<Effect>) {
         let nonce = request.envelope.nonce;
         let command = request.command;
+        if let Some(entries) = self.list_len(&command) {
+            if let Err(e) = self.budgets.list(conn, entries, &self.limits, now) {
+                outbox!(self, out).flush_acks();
+                out.push(Effect::Send { conn, frame: Outbound::error(&e.with_ref(nonce)) });
+                return;
+            }
+        }
         let result = match (command.info().family, command) {
             // Ending a session concerns every part.
             (Family::Session, Command::Dcnn) => {
@@ -259,6 +286,10 @@ impl Relay {
         if let Err(e) = self.replay.check(account, envelope.timestamp, envelope.nonce, now) {
             return refuse(ProtoError::from(e).with_ref(envelope.nonce), out);
         }
+        // After the key and nonce checks: only the key's holder can spend it.
+        if let Err(e) = self.budgets.sign_in(account, &self.limits, now) {
+            return refuse(e.with_ref(envelope.nonce), out);
+        }
         if let Some(old) = self.presence.conn_of(&account) {
             let e = ProtoError::new(ErrorCode::SessionReplaced, "a new session for this account connected");
             self.end_session(old, Some(Outbound::error(&e)), out);
@@ -278,6 +309,7 @@ impl Relay {
         // No frame overtakes gathered acks (§7.9).
         outbox!(self, out).flush_acks();
         self.channels.forget_conn(conn);
+        self.budgets.forget_conn(conn);
         let Some(account) = self.presence.stop(conn) else { return };
         out.push(Effect::Close { conn, last });
         let name = self.presence.name_of(&account);
@@ -420,6 +452,7 @@ mod tests {
         let Some(sigil_proto::ServerEvent::Err(err)) = err else { panic!("no ERR") };
         assert!(err.reason.starts_with(&unknown.to_string()), "{}", err.reason);
     }
+
     /// The `ERR` codes sent to `conn` in `out`.
     fn errors_to(out: &[Effect], conn: ConnId) -> Vec<String> {
         out.iter()
@@ -490,5 +523,130 @@ mod tests {
         out.clear();
         request(&mut relay, &mut out, 2, Command::ChJoin { id: channel });
         assert!(errors_to(&out, conns[2]).is_empty(), "{out:?}");
+    }
+
+    /// A relay with `n` accounts, each signed in on its own connection.
+    struct Fixture {
+        relay: Relay,
+        users: Vec<Ulid>,
+        conns: Vec<ConnId>,
+        nonce: u64,
+        now: u64,
+        out: Vec<Effect>,
+    }
+
+    impl Fixture {
+        fn new(limits: Limits, n: usize) -> Self {
+            let now = 1_800_000_000;
+            let mut f = Fixture {
+                relay: Relay::new(limits, now, IdSource::counter(1 << 64)),
+                users: (1..=n as u128).map(Ulid::from).collect(),
+                conns: (1..=n as u64).map(ConnId).collect(),
+                nonce: 0,
+                now,
+                out: Vec::new(),
+            };
+            for i in 0..n {
+                let (id, conn) = (f.users[i], f.conns[i]);
+                f.relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut f.out);
+                f.open(i, conn);
+            }
+            f
+        }
+
+        /// `users[i]` signs in on `conn`.
+        fn open(&mut self, i: usize, conn: ConnId) {
+            self.nonce += 1;
+            let envelope = Envelope { nonce: 1_000_000 + self.nonce, timestamp: self.now };
+            let input = Input::Open { conn, account: self.users[i], key_rev: 1, envelope, batch: false, bind: false };
+            self.relay.step(input, self.now, &mut self.out);
+        }
+
+        /// `users[i]` sends `command`; the `ERR` codes it gets.
+        fn request(&mut self, i: usize, command: Command) -> Vec<String> {
+            self.nonce += 1;
+            self.out.clear();
+            let request = Request { envelope: Envelope { nonce: self.nonce, timestamp: self.now }, command };
+            self.relay.step(Input::Request { conn: self.conns[i], request }, self.now, &mut self.out);
+            errors_to(&self.out, self.conns[i])
+        }
+
+        fn step(&mut self, input: Input) {
+            self.out.clear();
+            self.relay.step(input, self.now, &mut self.out);
+        }
+
+        /// A channel of every user, led by `users[0]`.
+        fn led_channel(&mut self) -> Ulid {
+            self.request(0, Command::ChNew { name: "c".into() });
+            let channel = self.relay.channels.by_id.keys().next().copied().expect("created");
+            for i in 1..self.users.len() {
+                self.request(i, Command::ChJoin { id: channel });
+            }
+            self.request(0, Command::ChLead { channel, election: 1 });
+            self.step(Input::Stored { channel, seq: 0, election: 1 });
+            let leader = self.users[0];
+            for i in 1..self.users.len() {
+                self.request(i, Command::ChVote { channel, election: 1, user: leader });
+            }
+            assert_eq!(self.relay.channel(&channel).and_then(|c| c.leader()), Some(leader));
+            channel
+        }
+    }
+
+    #[test]
+    fn uncommitted_bytes_are_capped_per_account_and_server_wide() {
+        let limits = Limits { max_pending_bytes_per_account: 10, max_pending_bytes_total: 15, ..Limits::default() };
+        let mut f = Fixture::new(limits, 3);
+        let channel = f.led_channel();
+        let msg = |n: u128, text: &str| Command::ChMsg { id: channel, msg_id: Ulid::from(n), msg: Body::text(text) };
+        assert!(f.request(1, msg(1, "aaaaaa")).is_empty());
+        assert_eq!(f.request(1, msg(2, "bbbbbb")), vec!["rate_limited"], "12 > 10 for the account");
+        assert!(f.request(2, msg(3, "cccccc")).is_empty());
+        assert_eq!(f.relay.pending_bytes(), 12);
+        assert_eq!(f.request(2, msg(4, "dddd")), vec!["rate_limited"], "16 > 15 on the server");
+        // The first is committed; the next tick recounts: room again.
+        f.request(0, Command::AckChMsg { id: Ulid::from(1), ids: Vec::new() });
+        assert!(f
+            .request(0, Command::ChCommit { id: Ulid::from(1), acks: vec![f.users[0], f.users[1]], ids: vec![] })
+            .is_empty());
+        f.step(Input::Tick);
+        assert_eq!(f.relay.pending_bytes(), 6);
+        assert!(f.request(2, msg(4, "dddd")).is_empty());
+    }
+
+    #[test]
+    fn lists_spend_a_budget_of_entries() {
+        let limits = Limits { list_entries_per_s: 2, ..Limits::default() };
+        let mut f = Fixture::new(limits, 3);
+        // Three entries each; a burst of eight: twice, then refused.
+        assert!(f.request(1, Command::LstUsr { all: true }).is_empty());
+        assert!(f.request(1, Command::LstUsr { all: false }).is_empty());
+        assert_eq!(f.request(1, Command::LstUsr { all: true }), vec!["rate_limited"]);
+        assert!(f.out.iter().all(|e| !matches!(e, Effect::Send { frame, .. } if frame.command == "USR_LST")));
+        assert!(f.request(2, Command::ChLst).is_empty(), "each session has its own");
+        f.now += 3;
+        assert!(f.request(1, Command::LstUsr { all: true }).is_empty());
+    }
+
+    #[test]
+    fn sign_ins_are_limited_per_account_after_the_key_check() {
+        let limits = Limits { cnn_per_minute: 3, ..Limits::default() };
+        let mut f = Fixture::new(limits, 2);
+        // users[0] signed in once; twice more pass, the fourth is refused and closed.
+        f.open(0, ConnId(10));
+        f.open(0, ConnId(11));
+        f.out.clear();
+        f.open(0, ConnId(12));
+        let refused = f.out.iter().find_map(|e| match e {
+            Effect::Close { conn: ConnId(12), last: Some(frame) } => Some(frame.clone()),
+            _ => None,
+        });
+        let frame = refused.expect("the fourth sign-in is refused");
+        assert!(String::from_utf8_lossy(&frame.payload).contains("rate_limited"));
+        assert_eq!(f.relay.account_of(ConnId(11)), Some(f.users[0]), "the live session stays");
+        f.out.clear();
+        f.open(1, ConnId(13));
+        assert_eq!(f.relay.account_of(ConnId(13)), Some(f.users[1]), "another account is not limited");
     }
 }

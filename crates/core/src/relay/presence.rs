@@ -162,6 +162,15 @@ impl Presence {
         self.accounts.contains_key(id)
     }
 
+    /// How many entries `LST_USR` lists: the online users, or with `all` every account.
+    pub(super) fn list_len(&self, all: bool) -> usize {
+        if all {
+            self.accounts.len()
+        } else {
+            self.online.len()
+        }
+    }
+
     /// Forgets an account (its session was ended first).
     pub(super) fn remove(&mut self, id: &Ulid) {
         self.accounts.remove(id);
