@@ -23,23 +23,14 @@ use sigil_proto::{Body, Command, ServerEvent};
 use support::{account_dir, Peer, ServerProcess};
 use ulid::Ulid;
 
-/// Reference clients alice, bob and carol at `addr` in a new channel that
-/// has a leader, and the channel.
+/// Reference clients alice, bob and carol at `addr` (credentials in `dir`)
+/// in a new channel that has a leader, and the channel.
 async fn led_channel_at(addr: &str, dir: &Path) -> (Vec<Peer>, Ulid) {
-    let mut peers = Vec::new();
-    for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
-        let cred = sigil_client::Credentials::load(&dir.join(format!("{name}.cred"))).expect("credentials");
-        peers.push(Peer::start(addr.to_owned(), cred, i as u64 + 1).await);
-    }
-    peers[0].commands.send(Command::ChNew { name: "room".into() }).await.expect("send");
-    let ch = peers[0].until(|ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;
-    for p in &peers[1..] {
-        p.commands.send(Command::ChJoin { id: ch }).await.expect("send");
-    }
-    for p in &mut peers {
-        p.leader(ch).await;
-    }
-    (peers, ch)
+    let creds = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(|name| sigil_client::Credentials::load(&dir.join(format!("{name}.cred"))).expect("credentials"))
+        .collect();
+    support::led_channel_at(addr.to_owned(), creds, "room").await
 }
 
 /// Sends a message from `peer` to `channel` and returns its id.

@@ -438,9 +438,15 @@ impl Peer {
 /// Reference clients for `names` (seeds 1, 2, ...) in a new channel `channel`
 /// that the first creates and the others join, once each has seen a leader.
 pub async fn led_channel(ts: &TestServer, names: &[&str], channel: &str) -> (Vec<Peer>, Ulid) {
+    let creds = names.iter().map(|n| ts.user(n)).collect();
+    led_channel_at(ts.addr.to_string(), creds, channel).await
+}
+
+/// The same against any server at `addr`, for the accounts `creds`.
+pub async fn led_channel_at(addr: String, creds: Vec<Credentials>, channel: &str) -> (Vec<Peer>, Ulid) {
     let mut peers = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        peers.push(Peer::start(ts.addr, ts.user(n), i as u64 + 1).await);
+    for (i, cred) in creds.into_iter().enumerate() {
+        peers.push(Peer::start(addr.clone(), cred, i as u64 + 1).await);
     }
     peers[0].commands.send(Command::ChNew { name: channel.into() }).await.expect("send");
     let ch = peers[0].until(|ev| if let ServerEvent::ChUjoin(u) = ev { Some(u.channel) } else { None }).await;

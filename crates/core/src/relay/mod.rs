@@ -470,59 +470,33 @@ mod tests {
 
     #[test]
     fn read_only_refuses_what_needs_a_write_and_lets_the_rest_finish() {
-        let now = 1_800_000_000;
-        let mut relay = Relay::new(Limits::default(), now, IdSource::counter(1 << 64));
-        let mut out = Vec::new();
-        let users: Vec<Ulid> = (1..=3u128).map(Ulid::from).collect();
-        let conns: Vec<ConnId> = (1..=3u64).map(ConnId).collect();
-        let mut nonce = 0;
-        let mut request = |relay: &mut Relay, out: &mut Vec<Effect>, i: usize, command: Command| {
-            nonce += 1;
-            let request = Request { envelope: Envelope { nonce, timestamp: now }, command };
-            relay.step(Input::Request { conn: conns[i], request }, now, out);
-        };
-        for (i, &id) in users.iter().enumerate() {
-            relay.step(Input::AccountUpserted { id, name: format!("u{i}"), key_rev: 1 }, now, &mut out);
-            let envelope = Envelope { nonce: 1000 + i as u64, timestamp: now };
-            relay.step(
-                Input::Open { conn: conns[i], account: id, key_rev: 1, envelope, batch: false, bind: false },
-                now,
-                &mut out,
-            );
-        }
-        request(&mut relay, &mut out, 0, Command::ChNew { name: "c".into() });
-        let channel = relay.channels.by_id.keys().next().copied().expect("created");
-        request(&mut relay, &mut out, 1, Command::ChJoin { id: channel });
-        request(&mut relay, &mut out, 0, Command::ChLead { channel, election: 1 });
-        relay.step(Input::Stored { channel, seq: 0, election: 1 }, now, &mut out);
-        request(&mut relay, &mut out, 1, Command::ChVote { channel, election: 1, user: users[0] });
-        assert_eq!(relay.channel(&channel).and_then(|c| c.leader()), Some(users[0]));
+        let mut f = Fixture::new(Limits::default(), 3);
+        // users[0] leads a channel of users[0] and users[1]; users[2] is outside it.
+        f.request(0, Command::ChNew { name: "c".into() });
+        let channel = f.relay.channels.by_id.keys().next().copied().expect("created");
+        f.request(1, Command::ChJoin { id: channel });
+        f.request(0, Command::ChLead { channel, election: 1 });
+        f.step(Input::Stored { channel, seq: 0, election: 1 });
+        f.request(1, Command::ChVote { channel, election: 1, user: f.users[0] });
+        assert_eq!(f.relay.channel(&channel).and_then(|c| c.leader()), Some(f.users[0]));
         let m = Ulid::from(99u128);
-        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m, msg: Body::text("x") });
+        f.request(1, Command::ChMsg { id: channel, msg_id: m, msg: Body::text("x") });
 
-        relay.step(Input::StoreMode { writable: false }, now, &mut out);
-        out.clear();
+        f.step(Input::StoreMode { writable: false });
         let m2 = Ulid::from(100u128);
-        request(&mut relay, &mut out, 1, Command::ChMsg { id: channel, msg_id: m2, msg: Body::text("y") });
-        request(&mut relay, &mut out, 2, Command::ChJoin { id: channel });
-        request(&mut relay, &mut out, 2, Command::ChNew { name: "d".into() });
-        assert_eq!(errors_to(&out, conns[1]), vec!["read_only"]);
-        assert_eq!(errors_to(&out, conns[2]), vec!["read_only", "read_only"]);
+        assert_eq!(f.request(1, Command::ChMsg { id: channel, msg_id: m2, msg: Body::text("y") }), vec!["read_only"]);
+        assert_eq!(f.request(2, Command::ChJoin { id: channel }), vec!["read_only"]);
+        assert_eq!(f.request(2, Command::ChNew { name: "d".into() }), vec!["read_only"]);
         // The message under way is acked and committed; its append waits in the store.
-        out.clear();
-        request(&mut relay, &mut out, 0, Command::AckChMsg { id: m, ids: Vec::new() });
-        request(&mut relay, &mut out, 0, Command::ChCommit { id: m, acks: vec![users[0], users[1]], ids: Vec::new() });
-        assert!(errors_to(&out, conns[0]).is_empty(), "{out:?}");
-        assert!(out.iter().any(|e| matches!(e, Effect::Store(StoreOp::Append { .. }))), "{out:?}");
+        assert!(f.request(0, Command::AckChMsg { id: m, ids: Vec::new() }).is_empty(), "{:?}", f.out);
+        let acks = vec![f.users[0], f.users[1]];
+        assert!(f.request(0, Command::ChCommit { id: m, acks, ids: Vec::new() }).is_empty(), "{:?}", f.out);
+        assert!(f.out.iter().any(|e| matches!(e, Effect::Store(StoreOp::Append { .. }))), "{:?}", f.out);
         // Lists and presence need no write.
-        out.clear();
-        request(&mut relay, &mut out, 2, Command::ChLst);
-        assert!(errors_to(&out, conns[2]).is_empty());
+        assert!(f.request(2, Command::ChLst).is_empty());
 
-        relay.step(Input::StoreMode { writable: true }, now, &mut out);
-        out.clear();
-        request(&mut relay, &mut out, 2, Command::ChJoin { id: channel });
-        assert!(errors_to(&out, conns[2]).is_empty(), "{out:?}");
+        f.step(Input::StoreMode { writable: true });
+        assert!(f.request(2, Command::ChJoin { id: channel }).is_empty(), "{:?}", f.out);
     }
 
     /// A relay with `n` accounts, each signed in on its own connection.
